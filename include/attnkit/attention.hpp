@@ -1,0 +1,96 @@
+// attnkit::attention: dense (flash-style) attention, the public entry.
+#pragma once
+
+#include <type_traits>
+
+#include "core/args.hpp"
+#include "core/options.hpp"
+#include "core/tensor_view.hpp"
+#include "core/validate.hpp"
+#include "dispatch/isa.hpp"
+#include "mask/masks.hpp"
+
+#if ATTNKIT_RUNTIME_DISPATCH
+#include "dispatch/entries.hpp"
+#else
+#include "kernels/dense.hpp"
+#endif
+
+namespace attnkit {
+inline namespace ATTNKIT_ISA_NS {
+
+/// Which code path attention() runs in this translation unit, e.g. "avx512 (runtime
+/// dispatch)" or "avx512bw (static, compile-time ISA)".
+inline const char* backend_name() noexcept {
+#if ATTNKIT_RUNTIME_DISPATCH
+  switch (active_isa()) {
+    case isa::avx512: return "avx512 (runtime dispatch)";
+    case isa::avx2: return "avx2 (runtime dispatch)";
+    default: return "sse2 (runtime dispatch)";
+  }
+#else
+  return xsimd::default_arch::name();
+#endif
+}
+
+namespace detail {
+
+template <class Mask>
+void run_dense(const dense_args& a, const Mask& mask) {
+#if ATTNKIT_RUNTIME_DISPATCH
+  static_assert(internal::is_dispatched_mask<Mask>::value,
+                "attnkit: with runtime dispatch, a mask must be listed in dispatch/variants.def");
+  switch (active_isa()) {
+    case isa::avx512: isa_entry_avx512::dense_forward(a, mask); break;
+    case isa::avx2: isa_entry_avx2::dense_forward(a, mask); break;
+    default: isa_entry_sse2::dense_forward(a, mask); break;
+  }
+#else
+  dense_forward<xsimd::default_arch>(a, mask);
+#endif
+}
+
+}  // namespace detail
+
+/// Dense attention: out = softmax(mask(softcap(scale * q k^T))) v, per (batch, query head).
+///
+///   q   [batch, q_heads, Lq, d]      k [batch, kv_heads, Lk, d]   v [batch, kv_heads, Lk, dv]
+///   out [batch, q_heads, Lq, dv]     lse (optional) [batch, q_heads, Lq, 1], natural log
+///
+/// q_heads must be a multiple of kv_heads (grouped-query / multi-query attention: query
+/// head h reads kv head h / (q_heads / kv_heads)). Query row i sits at position
+/// i + (Lk - Lq) (bottom-right alignment). A row whose keys are all masked gets output 0 and
+/// lse -inf. Views may have any non-negative strides with unit stride along dim. Throws
+/// attnkit::error on invalid arguments before doing any work.
+template <class TQ, class TK, class TV, class Mask = no_mask>
+void attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+               const tensor_view<float>& out, const Mask& mask = {}, const attention_options& options = {},
+               const tensor_view<float>& lse = {}) {
+  static_assert(std::is_same<std::remove_cv_t<TQ>, float>::value && std::is_same<std::remove_cv_t<TK>, float>::value &&
+                    std::is_same<std::remove_cv_t<TV>, float>::value,
+                "attnkit::attention: q, k and v must be float views (bf16/fp16 K/V come with the decode path)");
+  const auto p = detail::check_dense("attention", q, k, v, &out, lse, options);
+  dense_args a;
+  a.q = q.data_handle();
+  a.q_sb = q.stride(0), a.q_sh = q.stride(1), a.q_ss = q.stride(2);
+  a.k = k.data_handle();
+  a.k_sb = k.stride(0), a.k_sh = k.stride(1), a.k_ss = k.stride(2);
+  a.v = v.data_handle();
+  a.v_sb = v.stride(0), a.v_sh = v.stride(1), a.v_ss = v.stride(2);
+  a.out = out.data_handle();
+  a.o_sb = out.stride(0), a.o_sh = out.stride(1), a.o_ss = out.stride(2);
+  if (lse.size() > 0) {
+    a.lse = lse.data_handle();
+    a.l_sb = lse.stride(0), a.l_sh = lse.stride(1), a.l_ss = lse.stride(2);
+  }
+  a.batch = p.batch, a.q_heads = p.q_heads, a.kv_heads = p.kv_heads;
+  a.q_len = p.q_len, a.kv_len = p.kv_len, a.qk_dim = p.qk_dim, a.v_dim = p.v_dim;
+  a.scale = p.scale;
+  a.softcap = options.softcap;
+  a.num_threads = options.num_threads;
+  a.exec = options.exec;
+  detail::run_dense(a, mask);
+}
+
+}  // namespace ATTNKIT_ISA_NS
+}  // namespace attnkit

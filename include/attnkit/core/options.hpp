@@ -1,0 +1,33 @@
+// attention_options and the host thread-pool hook.
+#pragma once
+
+#include <cstdint>
+
+namespace attnkit {
+
+/// Hands attnkit's parallel work to the host's own thread pool instead of OpenMP.
+///
+/// `parallel_for(pool, n, task, ctx)` must call `task(ctx, i)` exactly once for every i in
+/// [0, n), on any threads, and return only when all calls have returned. Tasks are
+/// independent and never throw. Results do not depend on which thread runs which task.
+struct executor {
+  void (*parallel_for)(void* pool, std::int64_t n, void (*task)(void* ctx, std::int64_t i),
+                       void* ctx) = nullptr;
+  void* pool = nullptr;
+};
+
+struct attention_options {
+  /// Multiplies q . k. 0 means 1 / sqrt(dim of q).
+  float scale = 0.f;
+  /// Soft-capping of scores: s -> softcap * tanh(s / softcap), applied after scaling.
+  /// 0 means off.
+  float softcap = 0.f;
+  /// Threads for OpenMP (when the including code is built with it). 0 means all available
+  /// (omp_get_max_threads()). Ignored when `exec` is set. Output is bitwise identical for
+  /// any value.
+  int num_threads = 0;
+  /// Optional host thread pool; see attnkit::executor.
+  executor exec = {};
+};
+
+}  // namespace attnkit

@@ -1,0 +1,91 @@
+// attnkit::reference: naive, materialised attention in double precision.
+//
+// Public so users can validate their own models and kernels against it. It follows the
+// same semantics as attnkit::attention: scale (0 = 1/sqrt(dim)), softcap, bottom-right
+// aligned positions, grouped-query heads, masks, fully-masked rows give output 0 and
+// lse = -inf. Inputs of any storage type are widened exactly to double. Cost is
+// O(batch * heads * Lq * Lk * dim) time and O(Lk) extra memory per row.
+#pragma once
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../core/dtypes.hpp"
+#include "../core/options.hpp"
+#include "../core/tensor_view.hpp"
+#include "../core/validate.hpp"
+#include "../mask/masks.hpp"
+
+namespace attnkit {
+inline namespace ATTNKIT_ISA_NS {
+namespace reference {
+
+/// Output [batch, heads, q_len, v_dim] and lse [batch, heads, q_len], contiguous, double.
+struct result {
+  index_t batch = 0, heads = 0, q_len = 0, v_dim = 0;
+  std::vector<double> out;
+  std::vector<double> lse;
+
+  double& o(index_t b, index_t h, index_t i, index_t j) { return out[std::size_t(((b * heads + h) * q_len + i) * v_dim + j)]; }
+  double o(index_t b, index_t h, index_t i, index_t j) const {
+    return out[std::size_t(((b * heads + h) * q_len + i) * v_dim + j)];
+  }
+  double& l(index_t b, index_t h, index_t i) { return lse[std::size_t((b * heads + h) * q_len + i)]; }
+  double l(index_t b, index_t h, index_t i) const { return lse[std::size_t((b * heads + h) * q_len + i)]; }
+};
+
+template <class TQ, class TK, class TV, class Mask = no_mask>
+result attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+                 const Mask& mask = {}, const attention_options& opt = {}) {
+  const auto p = detail::check_dense("reference::attention", q, k, v, nullptr, tensor_view<float>{}, opt);
+  result r;
+  r.batch = p.batch;
+  r.heads = p.q_heads;
+  r.q_len = p.q_len;
+  r.v_dim = p.v_dim;
+  r.out.assign(std::size_t(p.batch * p.q_heads * p.q_len * p.v_dim), 0.0);
+  r.lse.assign(std::size_t(p.batch * p.q_heads * p.q_len), -std::numeric_limits<double>::infinity());
+  const index_t group = p.q_heads / p.kv_heads;
+  const index_t offset = p.kv_len - p.q_len;
+  const double scale = p.scale;  // the float the kernels use, widened
+  std::vector<double> s(std::size_t(p.kv_len));
+  std::vector<char> ok(std::size_t(p.kv_len));
+  for (index_t b = 0; b < p.batch; ++b)
+    for (index_t h = 0; h < p.q_heads; ++h) {
+      const index_t hk = h / group;
+      for (index_t i = 0; i < p.q_len; ++i) {
+        const index_t qpos = i + offset;
+        double mx = -std::numeric_limits<double>::infinity();
+        for (index_t j = 0; j < p.kv_len; ++j) {
+          ok[std::size_t(j)] = mask.allowed(b, h, qpos, j) ? 1 : 0;
+          if (!ok[std::size_t(j)]) continue;
+          double dot = 0;
+          for (index_t d = 0; d < p.qk_dim; ++d)
+            dot += double(to_float(q(b, h, i, d))) * double(to_float(k(b, hk, j, d)));
+          double x = dot * scale;
+          if (opt.softcap != 0.f) x = double(opt.softcap) * std::tanh(x / double(opt.softcap));
+          s[std::size_t(j)] = x;
+          if (x > mx) mx = x;
+        }
+        if (mx == -std::numeric_limits<double>::infinity()) continue;  // fully masked: 0, -inf
+        double sum = 0;
+        for (index_t j = 0; j < p.kv_len; ++j) {
+          if (!ok[std::size_t(j)]) continue;
+          s[std::size_t(j)] = std::exp(s[std::size_t(j)] - mx);
+          sum += s[std::size_t(j)];
+        }
+        for (index_t j = 0; j < p.kv_len; ++j) {
+          if (!ok[std::size_t(j)]) continue;
+          const double w = s[std::size_t(j)] / sum;
+          for (index_t d = 0; d < p.v_dim; ++d) r.o(b, h, i, d) += w * double(to_float(v(b, hk, j, d)));
+        }
+        r.l(b, h, i) = mx + std::log(sum);
+      }
+    }
+  return r;
+}
+
+}  // namespace reference
+}  // namespace ATTNKIT_ISA_NS
+}  // namespace attnkit

@@ -1,0 +1,83 @@
+// The SIMD layer: the only place that includes xsimd and names register tiles per ISA.
+//
+// xsimd 8.1 API notes (toolchain.md): no reduce_add/reduce_max (only hadd), no masked
+// loads; both are hidden here so an xsimd upgrade touches this file only. Everything is a
+// template on Arch or lives in the ISA namespace (Note [ISA namespaces] in config.hpp).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <new>
+
+#include <xsimd/xsimd.hpp>
+
+#include "../config.hpp"
+
+namespace attnkit {
+inline namespace ATTNKIT_ISA_NS {
+namespace simd {
+
+template <class Arch>
+using vfloat = xsimd::batch<float, Arch>;
+
+/// Register tiles of the dense micro-kernels (see kernels/dense.hpp).
+///   nv: query vectors per tile (queries live in SIMD lanes: nv * lanes queries);
+///   kr: keys per Q.K^T micro-tile; jr: value columns per P.V micro-tile.
+/// Accumulators kr * nv and jr * nv, plus nv loads and one broadcast, fit the register file.
+template <class Arch, class = void>
+struct tile_config {  // 16 registers (SSE2, AVX2)
+  static constexpr int lanes = int(vfloat<Arch>::size);
+  static constexpr int nv = 3;
+  static constexpr int kr = 4;
+  static constexpr int jr = 4;
+};
+
+#if XSIMD_WITH_AVX512F
+template <class Arch>
+struct tile_config<Arch, std::enable_if_t<std::is_base_of<xsimd::avx512f, Arch>::value>> {  // 32 zmm
+  static constexpr int lanes = int(vfloat<Arch>::size);
+  static constexpr int nv = 4;
+  static constexpr int kr = 6;
+  static constexpr int jr = 6;
+};
+#endif
+
+// Note [g++ 12 AVX-512 warnings]: xsimd's max/min/round on AVX-512 go through intrinsics
+// built on _mm512_undefined_ps, which g++ 12 reports as -Wuninitialized at the caller
+// (GCC bug 105593). Users compile these headers with -Wall -Werror, so we use
+// compare + select instead, which compile to the same vmaxps-class code paths.
+template <class Arch>
+ATTNKIT_ALWAYS_INLINE vfloat<Arch> max(const vfloat<Arch>& a, const vfloat<Arch>& b) noexcept {
+  return xsimd::select(a < b, b, a);
+}
+template <class Arch>
+ATTNKIT_ALWAYS_INLINE vfloat<Arch> clamp(const vfloat<Arch>& x, const vfloat<Arch>& lo,
+                                         const vfloat<Arch>& hi) noexcept {
+  return xsimd::select(x < lo, lo, xsimd::select(x > hi, hi, x));
+}
+
+/// Name of an xsimd arch, for logs and benchmark output.
+template <class Arch>
+inline const char* arch_name() noexcept {
+  return Arch::name();
+}
+
+/// 64-byte aligned float scratch owned by one thread of one call.
+class scratch {
+ public:
+  scratch() = default;
+  explicit scratch(std::size_t n) : p_(n ? static_cast<float*>(::operator new(n * sizeof(float), std::align_val_t(64))) : nullptr) {}
+  scratch(const scratch&) = delete;
+  scratch& operator=(const scratch&) = delete;
+  ~scratch() {
+    if (p_) ::operator delete(p_, std::align_val_t(64));
+  }
+  float* get() const noexcept { return p_; }
+
+ private:
+  float* p_ = nullptr;
+};
+
+}  // namespace simd
+}  // namespace ATTNKIT_ISA_NS
+}  // namespace attnkit
