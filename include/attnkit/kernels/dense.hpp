@@ -199,7 +199,7 @@ struct dense_plan {
     n_qblk = (a.q_len + nq - 1) / nq;
     bk = a.kv_block > 0 ? a.kv_block : 128;
     units = a.batch * a.kv_heads * n_hsub * n_qblk;
-    scratch_floats = BQ * (a.qk_dim + bk + a.v_dim + 3) + BQ;
+    scratch_floats = BQ * (a.qk_dim + bk + a.v_dim + 3);  // Qt, St, Ot, m, l, alpha
   }
 };
 
@@ -221,10 +221,16 @@ struct dense_unit_runner {
     const int nv = int((lanes + W - 1) / W);
     switch (nv) {
       case 1: run<1>(unit, ws); break;
-      case 2: run<(2 <= dense_plan<Arch>::NVMAX ? 2 : 1)>(unit, ws); break;
-      case 3: run<(3 <= dense_plan<Arch>::NVMAX ? 3 : 1)>(unit, ws); break;
-      default: run<(4 <= dense_plan<Arch>::NVMAX ? 4 : 1)>(unit, ws); break;
+      case 2: run<nv_cap(2)>(unit, ws); break;
+      case 3: run<nv_cap(3)>(unit, ws); break;
+      default: run<nv_cap(4)>(unit, ws); break;
     }
+  }
+
+  // Only NV <= NVMAX can occur (a unit has at most BQ lanes); the cap keeps the
+  // unreachable cases of the switch compilable for narrower register tiles.
+  static constexpr int nv_cap(int n) noexcept {
+    return n <= dense_plan<Arch>::NVMAX ? n : dense_plan<Arch>::NVMAX;
   }
 
   struct unit_coords {
