@@ -9,6 +9,8 @@
 #include "core/validate.hpp"
 #include "dispatch/isa.hpp"
 #include "mask/masks.hpp"
+#include "mask/policy.hpp"
+#include "mask/score.hpp"
 
 #if ATTNKIT_RUNTIME_DISPATCH
 #include "dispatch/entries.hpp"
@@ -38,12 +40,11 @@ namespace detail {
 template <class Mask>
 void run_dense(const dense_args& a, const Mask& mask) {
 #if ATTNKIT_RUNTIME_DISPATCH
-  static_assert(internal::is_dispatched_mask<Mask>::value,
-                "attnkit: with runtime dispatch, a mask must be listed in dispatch/variants.def");
+  const mask_ref ref = make_mask_ref(mask);
   switch (active_isa()) {
-    case isa::avx512: isa_entry_avx512::dense_forward(a, mask); break;
-    case isa::avx2: isa_entry_avx2::dense_forward(a, mask); break;
-    default: isa_entry_sse2::dense_forward(a, mask); break;
+    case isa::avx512: isa_entry_avx512::dense_forward(a, ref); break;
+    case isa::avx2: isa_entry_avx2::dense_forward(a, ref); break;
+    default: isa_entry_sse2::dense_forward(a, ref); break;
   }
 #else
   dense_forward<xsimd::default_arch>(a, mask);
@@ -69,7 +70,9 @@ void attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_
   static_assert(std::is_same<std::remove_cv_t<TQ>, float>::value && std::is_same<std::remove_cv_t<TK>, float>::value &&
                     std::is_same<std::remove_cv_t<TV>, float>::value,
                 "attnkit::attention: q, k and v must be float views (bf16/fp16 K/V come with the decode path)");
+  static_assert(is_mask<Mask>::value, "attnkit::attention: argument 'mask' must be a mask (see mask/masks.hpp)");
   const auto p = detail::check_dense("attention", q, k, v, &out, lse, options);
+  mask.check(mask_problem{p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len});
   dense_args a;
   a.q = q.data_handle();
   a.q_sb = q.stride(0), a.q_sh = q.stride(1), a.q_ss = q.stride(2);
@@ -87,6 +90,7 @@ void attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_
   a.q_len = p.q_len, a.kv_len = p.kv_len, a.qk_dim = p.qk_dim, a.v_dim = p.v_dim;
   a.scale = p.scale;
   a.softcap = options.softcap;
+  a.sinks = options.sink_logits.data;
   a.num_threads = options.num_threads;
   a.exec = options.exec;
   detail::run_dense(a, mask);

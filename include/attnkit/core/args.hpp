@@ -24,6 +24,7 @@ struct dense_args {
   std::int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, qk_dim = 0, v_dim = 0;
   float scale = 1.f;    // already resolved (never 0)
   float softcap = 0.f;  // 0 = off
+  const float* sinks = nullptr;  // optional learned sink logit per query head
   int num_threads = 0;
   executor exec = {};
   int kv_block = 0;  // keys per tile; 0 = default (a tuning knob for benchmarks)

@@ -16,6 +16,12 @@ struct executor {
   void* pool = nullptr;
 };
 
+/// A read-only array of floats (pointer and length), e.g. per-head parameters.
+struct float_span {
+  const float* data = nullptr;
+  std::int64_t size = 0;
+};
+
 struct attention_options {
   /// Multiplies q . k. 0 means 1 / sqrt(dim of q).
   float scale = 0.f;
@@ -28,6 +34,11 @@ struct attention_options {
   int num_threads = 0;
   /// Optional host thread pool; see attnkit::executor.
   executor exec = {};
+  /// Learned attention-sink logits (gpt-oss), one per query head, or empty for none. Each
+  /// joins its rows' softmax denominator as exp(sink) without contributing a value, so
+  /// out = sum_j exp(s_j) v_j / (exp(sink) + sum_j exp(s_j)); lse includes it. Same units as
+  /// the scaled scores.
+  float_span sink_logits = {};
 };
 
 }  // namespace attnkit

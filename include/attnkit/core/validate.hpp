@@ -106,6 +106,15 @@ dense_problem check_dense(const char* fn, const tensor_view<TQ>& q, const tensor
     fail(fn, "options.softcap must be >= 0 and finite (0 = off), got " + std::to_string(opt.softcap));
   if (opt.num_threads < 0)
     fail(fn, "options.num_threads must be >= 0 (0 = all), got " + std::to_string(opt.num_threads));
+  if (opt.sink_logits.data != nullptr || opt.sink_logits.size != 0) {
+    if (opt.sink_logits.size != q.heads() || opt.sink_logits.data == nullptr)
+      fail(fn, "options.sink_logits must hold one logit per query head: expected " + std::to_string(q.heads()) +
+                   ", got " + std::to_string(opt.sink_logits.size) +
+                   (opt.sink_logits.data ? "" : " with null data"));
+    for (index_t h = 0; h < q.heads(); ++h)
+      if (!std::isfinite(opt.sink_logits.data[h]))
+        fail(fn, "options.sink_logits[" + std::to_string(h) + "] is not finite");
+  }
   if (out) {
     check_view(fn, "out", *out);
     check_shape(fn, "out", *out, {{q.batch(), q.heads(), q.seq(), v.dim()}}, "batch, heads and seq of q, dim of v");

@@ -7,12 +7,10 @@
 #pragma once
 
 #include "../core/args.hpp"
-#include "../mask/masks.hpp"
-
-#include <type_traits>
+#include "../mask/policy.hpp"
 
 namespace attnkit {
-#define ATTNKIT_DENSE_MASK(M) void dense_forward(const dense_args& a, const M& mask) noexcept;
+#define ATTNKIT_DENSE_ENTRY(P) void dense_forward(const dense_args& a, const P& policy) noexcept;
 namespace isa_entry_sse2 {
 #include "variants.def"
 }
@@ -22,15 +20,5 @@ namespace isa_entry_avx2 {
 namespace isa_entry_avx512 {
 #include "variants.def"
 }
-#undef ATTNKIT_DENSE_MASK
-
-namespace internal {
-template <class Mask>
-struct is_dispatched_mask : std::false_type {};
-#define ATTNKIT_DENSE_MASK(M) \
-  template <>                 \
-  struct is_dispatched_mask<M> : std::true_type {};
-#include "variants.def"
-#undef ATTNKIT_DENSE_MASK
-}  // namespace internal
+#undef ATTNKIT_DENSE_ENTRY
 }  // namespace attnkit

@@ -8,11 +8,11 @@
 
 namespace attnkit {
 namespace ATTNKIT_ENTRY_NS {
-#define ATTNKIT_DENSE_MASK(M)                                              \
-  void dense_forward(const dense_args& a, const M& mask) noexcept {        \
-    ::attnkit::ATTNKIT_ISA_NS::detail::dense_forward<ATTNKIT_ENTRY_ARCH>(a, mask); \
+#define ATTNKIT_DENSE_ENTRY(P)                                                     \
+  void dense_forward(const dense_args& a, const P& policy) noexcept {              \
+    ::attnkit::ATTNKIT_ISA_NS::detail::dense_forward<ATTNKIT_ENTRY_ARCH>(a, policy); \
   }
 #include "variants.def"
-#undef ATTNKIT_DENSE_MASK
+#undef ATTNKIT_DENSE_ENTRY
 }  // namespace ATTNKIT_ENTRY_NS
 }  // namespace attnkit

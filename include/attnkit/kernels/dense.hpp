@@ -27,6 +27,7 @@
 
 #include "../core/args.hpp"
 #include "../mask/masks.hpp"
+#include "../mask/policy.hpp"
 #include "../simd/math.hpp"
 #include "../simd/simd.hpp"
 
@@ -172,9 +173,11 @@ namespace detail {
 // Work unit = (batch, kv head, head sub-group, query block). The lanes of a unit hold
 // `nh` query heads of one KV group times `nq` consecutive query rows (lane = hi * nq + r),
 // nh * nq <= block lanes. Units are independent, so results do not depend on the thread
-// count or the schedule. For each unit the driver walks only the keys the mask allows
-// (mask.keys), in tiles of kv_block keys, skipping empty tiles and testing pairs only in
-// partial ones.
+// count or the schedule. For each unit the driver walks only the key ranges the mask
+// reports (policy.keys), in tiles that follow a fixed grid of `bk` keys (so tiles line up
+// with a block mask's blocks), skips empty tiles, and tests pairs only in partial ones.
+//
+// Policy: a static_policy<Mask> or a mask_ref (mask/policy.hpp).
 template <class Arch>
 struct dense_plan {
   static constexpr int W = simd::tile_config<Arch>::lanes;
@@ -186,27 +189,36 @@ struct dense_plan {
   std::int64_t n_hsub = 1;     // head sub-groups per kv head
   std::int64_t nq = 1;         // query rows per unit
   std::int64_t n_qblk = 1;     // query blocks
-  std::int64_t bk = 128;       // keys per tile
+  std::int64_t bk = 128;       // keys per tile (the grid)
   std::int64_t units = 0;
   std::int64_t scratch_floats = 0;
 
-  explicit dense_plan(const dense_args& a) {
+  dense_plan(const dense_args& a, std::int64_t tile_hint) {
     group = a.q_heads / a.kv_heads;
     nh = group < BQ ? group : BQ;
     n_hsub = (group + nh - 1) / nh;
     nq = BQ / nh;
     if (nq > a.q_len) nq = a.q_len > 0 ? a.q_len : 1;
     n_qblk = (a.q_len + nq - 1) / nq;
-    bk = a.kv_block > 0 ? a.kv_block : 128;
+    bk = a.kv_block > 0 ? a.kv_block : key_tile(tile_hint);
     units = a.batch * a.kv_heads * n_hsub * n_qblk;
     scratch_floats = BQ * (a.qk_dim + bk + a.v_dim + 3);  // Qt, St, Ot, m, l, alpha
   }
+
+  // 128 keys per tile by default. A mask with blocks (tile_hint) gets tiles on its block
+  // grid: the block size itself when it is large enough to amortise a tile's softmax
+  // bookkeeping, else the largest multiple of it up to 128 keys.
+  static std::int64_t key_tile(std::int64_t hint) noexcept {
+    if (hint <= 0) return 128;
+    if (hint >= 32) return hint <= 512 ? hint : 128;
+    return (128 / hint) * hint;
+  }
 };
 
-template <class Arch, class Mask>
+template <class Arch, class Policy>
 struct dense_unit_runner {
   const dense_args& a;
-  const Mask& mask;
+  const Policy& policy;
   const dense_plan<Arch>& plan;
 
   static constexpr int W = dense_plan<Arch>::W;
@@ -262,9 +274,9 @@ struct dense_unit_runner {
   }
 };
 
-template <class Arch, class Mask>
+template <class Arch, class Policy>
 template <int NV>
-void dense_unit_runner<Arch, Mask>::run(std::int64_t unit, float* ws) const noexcept {
+void dense_unit_runner<Arch, Policy>::run(std::int64_t unit, float* ws) const noexcept {
   const unit_coords c = coords(unit);
   const std::int64_t D = a.qk_dim, DV = a.v_dim, bk = plan.bk;
   const std::int64_t offset = a.kv_len - a.q_len;  // bottom-right alignment
@@ -295,68 +307,75 @@ void dense_unit_runner<Arch, Mask>::run(std::int64_t unit, float* ws) const noex
     l[x] = 0.f;
   }
 
-  // Keys any query of the unit may see, and the tile loop over them.
+  // Keys any query of the unit may see: the union over its heads of the mask's ranges.
   const std::int64_t p0 = c.i0 + offset, p1 = c.i0 + c.nq + offset;
-  std::int64_t kb = a.kv_len, ke = 0;
-  for (std::int64_t hi = 0; hi < c.nh; ++hi) {
-    const key_range kr = mask.keys(c.b, c.h0 + hi, p0, p1, a.kv_len);
-    const std::int64_t b0 = kr.begin < 0 ? 0 : kr.begin, e0 = kr.end > a.kv_len ? a.kv_len : kr.end;
-    if (b0 < e0) {
-      kb = b0 < kb ? b0 : kb;
-      ke = e0 > ke ? e0 : ke;
-    }
-  }
+  key_ranges ranges;
+  for (std::int64_t hi = 0; hi < c.nh; ++hi) ranges.add(policy.keys(c.b, c.h0 + hi, p0, p1, a.kv_len), a.kv_len);
+
+  tile_desc td;
+  td.b = c.b, td.h0 = c.h0, td.nh = c.nh, td.nq = c.nq, td.p0 = p0;
   const float* kbase = a.k + c.b * a.k_sb + c.kvh * a.k_sh;
   const float* vbase = a.v + c.b * a.v_sb + c.kvh * a.v_sh;
-  for (std::int64_t k0 = kb; k0 < ke; k0 += bk) {
-    const std::int64_t k1 = k0 + bk < ke ? k0 + bk : ke;
-    const std::int64_t nk = k1 - k0;
-    bool any = false, all_full = true;
-    for (std::int64_t hi = 0; hi < c.nh; ++hi) {
-      const tile_kind t = mask.classify(c.b, c.h0 + hi, p0, p1, k0, k1);
-      any = any || t != tile_kind::empty;
-      all_full = all_full && t == tile_kind::full;
-    }
-    if (!any) continue;
-
-    kernels::qk_block<Arch, NV>(qt, BQ, kbase + k0 * a.k_ss, a.k_ss, D, nk, st, BQ);
-    if (a.softcap != 0.f) kernels::softcap_tile<Arch, NV>(st, BQ, nk, a.softcap);
-    if (!all_full) {
-      for (std::int64_t kk = 0; kk < nk; ++kk) {
-        float* srow = st + kk * BQ;
-        for (std::int64_t hi = 0; hi < c.nh; ++hi)
-          for (std::int64_t r = 0; r < c.nq; ++r)
-            if (!mask.allowed(c.b, c.h0 + hi, p0 + r, k0 + kk)) srow[hi * c.nq + r] = minus_inf;
+  for (int ri = 0; ri < ranges.count; ++ri) {
+    for (std::int64_t k0 = ranges.r[ri].begin; k0 < ranges.r[ri].end;) {
+      const std::int64_t cell_end = (k0 / bk + 1) * bk;
+      const std::int64_t k1 = cell_end < ranges.r[ri].end ? cell_end : ranges.r[ri].end;
+      const std::int64_t nk = k1 - k0;
+      const std::int64_t tile_k0 = k0;
+      k0 = k1;
+      bool any = false, all_full = true;
+      for (std::int64_t hi = 0; hi < c.nh; ++hi) {
+        const tile_kind t = policy.classify(c.b, c.h0 + hi, p0, p1, tile_k0, k1);
+        any = any || t != tile_kind::empty;
+        all_full = all_full && t == tile_kind::full;
       }
+      if (!any) continue;
+
+      td.k0 = tile_k0;
+      td.nk = nk;
+      kernels::qk_block<Arch, NV>(qt, BQ, kbase + tile_k0 * a.k_ss, a.k_ss, D, nk, st, BQ);
+      if (policy.has_score()) policy.score_tile(td, st, BQ);
+      if (a.softcap != 0.f) kernels::softcap_tile<Arch, NV>(st, BQ, nk, a.softcap);
+      if (!all_full) policy.mask_tile(td, st, BQ);
+      kernels::online_softmax<Arch, NV>(st, BQ, nk, m, l, alpha);
+      kernels::pv_block<Arch, NV>(ot, BQ, alpha, st, BQ, vbase + tile_k0 * a.v_ss, a.v_ss, DV, nk);
     }
-    kernels::online_softmax<Arch, NV>(st, BQ, nk, m, l, alpha);
-    kernels::pv_block<Arch, NV>(ot, BQ, alpha, st, BQ, vbase + k0 * a.v_ss, a.v_ss, DV, nk);
   }
 
-  // Epilogue: normalise, write out and lse; fully-masked lanes give 0 and -inf.
+  // Epilogue: fold in the learned sink logit (an extra softmax term with no value), then
+  // normalise and write out and lse. Fully-masked lanes (l = 0) give 0 and -inf (or the
+  // sink logit as lse, since the sink then holds all the mass).
   for (std::int64_t hi = 0; hi < c.nh; ++hi) {
-    float* oh = a.out + c.b * a.o_sb + (c.h0 + hi) * a.o_sh;
+    const std::int64_t h = c.h0 + hi;
+    float* oh = a.out + c.b * a.o_sb + h * a.o_sh;
     for (std::int64_t r = 0; r < c.nq; ++r) {
       const std::int64_t lane = hi * c.nq + r;
-      const float inv = l[lane] > 0.f ? 1.f / l[lane] : 0.f;
+      float mx = m[lane], sum = l[lane], keep = 1.f;
+      if (a.sinks) {
+        const float s = a.sinks[h];
+        const float mf = (sum > 0.f && mx > s) ? mx : s;
+        keep = sum > 0.f ? std::exp(mx - mf) : 0.f;
+        sum = sum * keep + std::exp(s - mf);
+        mx = mf;
+      }
+      const float inv = l[lane] > 0.f ? keep / sum : 0.f;
       float* orow = oh + (c.i0 + r) * a.o_ss;
       for (std::int64_t j = 0; j < DV; ++j) orow[j] = ot[j * BQ + lane] * inv;
-      if (a.lse)
-        a.lse[c.b * a.l_sb + (c.h0 + hi) * a.l_sh + (c.i0 + r) * a.l_ss] =
-            l[lane] > 0.f ? m[lane] + std::log(l[lane]) : minus_inf;
+      if (a.lse) a.lse[c.b * a.l_sb + h * a.l_sh + (c.i0 + r) * a.l_ss] = sum > 0.f ? mx + std::log(sum) : minus_inf;
     }
   }
 }
 
-template <class Arch, class Mask>
-void dense_forward(const dense_args& a, const Mask& mask) noexcept {
+/// Runs dense attention for any policy (static_policy<Mask> or mask_ref).
+template <class Arch, class Policy>
+void dense_run(const dense_args& a, const Policy& policy) noexcept {
   if (a.batch == 0 || a.q_heads == 0 || a.q_len == 0) return;
-  const dense_plan<Arch> plan(a);
-  const dense_unit_runner<Arch, Mask> runner{a, mask, plan};
+  const dense_plan<Arch> plan(a, policy.tile_hint());
+  const dense_unit_runner<Arch, Policy> runner{a, policy, plan};
 
   if (a.exec.parallel_for) {
     struct ctx_t {
-      const dense_unit_runner<Arch, Mask>* runner;
+      const dense_unit_runner<Arch, Policy>* runner;
       std::int64_t floats;
     } ctx{&runner, plan.scratch_floats};
     a.exec.parallel_for(
@@ -384,6 +403,12 @@ void dense_forward(const dense_args& a, const Mask& mask) noexcept {
 #endif
   simd::scratch ws(static_cast<std::size_t>(plan.scratch_floats));
   for (std::int64_t u = 0; u < plan.units; ++u) runner(u, ws.get());
+}
+
+/// Dense attention with a mask (or a mask_ref from the runtime-dispatch entry).
+template <class Arch, class Mask>
+void dense_forward(const dense_args& a, const Mask& mask) noexcept {
+  dense_run<Arch>(a, policy_of(mask));
 }
 
 }  // namespace detail

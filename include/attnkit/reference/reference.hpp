@@ -1,9 +1,10 @@
 // attnkit::reference: naive, materialised attention in double precision.
 //
 // Public so users can validate their own models and kernels against it. It follows the
-// same semantics as attnkit::attention: scale (0 = 1/sqrt(dim)), softcap, bottom-right
-// aligned positions, grouped-query heads, masks, fully-masked rows give output 0 and
-// lse = -inf. Inputs of any storage type are widened exactly to double. Cost is
+// same semantics as attnkit::attention: scale (0 = 1/sqrt(dim)), score modifier, softcap,
+// bottom-right aligned positions, grouped-query heads, masks (only `allowed` is used, never
+// the tile answers), learned sink logits; fully-masked rows give output 0 and lse = -inf
+// (or the sink logit when there is one). Inputs of any storage type are widened exactly to double. Cost is
 // O(batch * heads * Lq * Lk * dim) time and O(Lk) extra memory per row.
 #pragma once
 
@@ -16,6 +17,7 @@
 #include "../core/tensor_view.hpp"
 #include "../core/validate.hpp"
 #include "../mask/masks.hpp"
+#include "../mask/score.hpp"
 
 namespace attnkit {
 inline namespace ATTNKIT_ISA_NS {
@@ -39,6 +41,7 @@ template <class TQ, class TK, class TV, class Mask = no_mask>
 result attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
                  const Mask& mask = {}, const attention_options& opt = {}) {
   const auto p = detail::check_dense("reference::attention", q, k, v, nullptr, tensor_view<float>{}, opt);
+  mask.check(mask_problem{p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len});
   result r;
   r.batch = p.batch;
   r.heads = p.q_heads;
@@ -64,12 +67,16 @@ result attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tenso
           for (index_t d = 0; d < p.qk_dim; ++d)
             dot += double(to_float(q(b, h, i, d))) * double(to_float(k(b, hk, j, d)));
           double x = dot * scale;
+          if constexpr (has_score<Mask>::value) x = mask.score(float(x), b, h, qpos, j);
           if (opt.softcap != 0.f) x = double(opt.softcap) * std::tanh(x / double(opt.softcap));
           s[std::size_t(j)] = x;
           if (x > mx) mx = x;
         }
+        const bool sink = opt.sink_logits.data != nullptr;
+        const double sink_logit = sink ? double(opt.sink_logits.data[h]) : 0.0;
+        if (sink && sink_logit > mx) mx = sink_logit;
         if (mx == -std::numeric_limits<double>::infinity()) continue;  // fully masked: 0, -inf
-        double sum = 0;
+        double sum = sink ? std::exp(sink_logit - mx) : 0.0;
         for (index_t j = 0; j < p.kv_len; ++j) {
           if (!ok[std::size_t(j)]) continue;
           s[std::size_t(j)] = std::exp(s[std::size_t(j)] - mx);
