@@ -1,0 +1,154 @@
+// Micro-kernels of the flash-style drivers: register tiles on queries-in-lanes layouts.
+//
+// Note [Queries in lanes]: every tile is laid out with *queries along the SIMD lanes*.
+// Q is packed once per query block, transposed and pre-scaled, into Qt [dim][bq]; scores
+// live in St [keys][bq]; the output accumulates in Ot [v_dim][bq]. Then
+//   - Q.K^T is an outer-product GEMM that broadcasts K[k][d] straight from the caller's K
+//     rows (unit dim stride) and loads Qt vectors: no K packing, no tails in `dim`;
+//   - the online softmax is purely element-wise across keys: the running max, sum and
+//     rescale factor of each query are a lane of a vector, no horizontal reductions;
+//   - P.V broadcasts V[k][j] straight from V rows and loads P vectors: no V packing and no
+//     tails in `v_dim`.
+// Micro-kernels know nothing about masks, heads or threads; they never allocate.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#include "../simd/math.hpp"
+#include "../simd/simd.hpp"
+
+namespace attnkit {
+inline namespace ATTNKIT_ISA_NS {
+namespace kernels {
+
+// ---------------------------------------------------------------------------------------
+// qk_tile: St[r][lane] = sum_d K[r][d] * Qt[d][lane]  for r < KR, lane < NV * lanes.
+//   Qt: [dim][ld_q] (ld_q >= NV*lanes, aligned), K rows at k + r * k_stride (unit stride),
+//   St: [KR][ld_s], written (not read). Scale is already folded into Qt.
+template <class Arch, int KR, int NV>
+ATTNKIT_ALWAYS_INLINE void qk_tile(const float* ATTNKIT_RESTRICT qt, std::int64_t ld_q,
+                                   const float* ATTNKIT_RESTRICT k, std::int64_t k_stride,
+                                   std::int64_t dim, float* ATTNKIT_RESTRICT st,
+                                   std::int64_t ld_s) noexcept {
+  using B = simd::vfloat<Arch>;
+  constexpr int W = int(B::size);
+  B acc[KR][NV];
+  for (int r = 0; r < KR; ++r)
+    for (int n = 0; n < NV; ++n) acc[r][n] = B(0.f);
+  const float* kp[KR];
+  for (int r = 0; r < KR; ++r) kp[r] = k + r * k_stride;
+  for (std::int64_t d = 0; d < dim; ++d) {
+    B qv[NV];
+    for (int n = 0; n < NV; ++n) qv[n] = B::load_aligned(qt + d * ld_q + n * W);
+    for (int r = 0; r < KR; ++r) {
+      const B kb(kp[r][d]);
+      for (int n = 0; n < NV; ++n) acc[r][n] = xsimd::fma(kb, qv[n], acc[r][n]);
+    }
+  }
+  for (int r = 0; r < KR; ++r)
+    for (int n = 0; n < NV; ++n) acc[r][n].store_aligned(st + r * ld_s + n * W);
+}
+
+// pv_tile: Ot[j][lane] = alpha[lane] * Ot[j][lane] + sum_k V[k][j] * P[k][lane]
+//   for j < JR, k < nk. Ot: [JR][ld_o] (read and written), P: [nk][ld_p], V rows at
+//   v + k * v_stride (unit stride, columns j0..j0+JR-1 already offset into v).
+template <class Arch, int JR, int NV>
+ATTNKIT_ALWAYS_INLINE void pv_tile(float* ATTNKIT_RESTRICT ot, std::int64_t ld_o,
+                                   const float* ATTNKIT_RESTRICT alpha,
+                                   const float* ATTNKIT_RESTRICT p, std::int64_t ld_p,
+                                   const float* ATTNKIT_RESTRICT v, std::int64_t v_stride,
+                                   std::int64_t nk) noexcept {
+  using B = simd::vfloat<Arch>;
+  constexpr int W = int(B::size);
+  B acc[JR][NV];
+  {
+    B a[NV];
+    for (int n = 0; n < NV; ++n) a[n] = B::load_aligned(alpha + n * W);
+    for (int j = 0; j < JR; ++j)
+      for (int n = 0; n < NV; ++n) acc[j][n] = B::load_aligned(ot + j * ld_o + n * W) * a[n];
+  }
+  for (std::int64_t kk = 0; kk < nk; ++kk) {
+    B pv[NV];
+    for (int n = 0; n < NV; ++n) pv[n] = B::load_aligned(p + kk * ld_p + n * W);
+    const float* vr = v + kk * v_stride;
+    for (int j = 0; j < JR; ++j) {
+      const B vb(vr[j]);
+      for (int n = 0; n < NV; ++n) acc[j][n] = xsimd::fma(vb, pv[n], acc[j][n]);
+    }
+  }
+  for (int j = 0; j < JR; ++j)
+    for (int n = 0; n < NV; ++n) acc[j][n].store_aligned(ot + j * ld_o + n * W);
+}
+
+// Runs qk_tile over `nk` keys with remainder tiles; NV is fixed per call.
+template <class Arch, int NV>
+inline void qk_block(const float* qt, std::int64_t ld_q, const float* k, std::int64_t k_stride,
+                     std::int64_t dim, std::int64_t nk, float* st, std::int64_t ld_s) noexcept {
+  constexpr int KR = simd::tile_config<Arch>::kr;
+  std::int64_t r = 0;
+  for (; r + KR <= nk; r += KR)
+    qk_tile<Arch, KR, NV>(qt, ld_q, k + r * k_stride, k_stride, dim, st + r * ld_s, ld_s);
+  for (; r < nk; ++r) qk_tile<Arch, 1, NV>(qt, ld_q, k + r * k_stride, k_stride, dim, st + r * ld_s, ld_s);
+}
+
+template <class Arch, int NV>
+inline void pv_block(float* ot, std::int64_t ld_o, const float* alpha, const float* p,
+                     std::int64_t ld_p, const float* v, std::int64_t v_stride, std::int64_t v_dim,
+                     std::int64_t nk) noexcept {
+  constexpr int JR = simd::tile_config<Arch>::jr;
+  std::int64_t j = 0;
+  for (; j + JR <= v_dim; j += JR)
+    pv_tile<Arch, JR, NV>(ot + j * ld_o, ld_o, alpha, p, ld_p, v + j, v_stride, nk);
+  for (; j < v_dim; ++j) pv_tile<Arch, 1, NV>(ot + j * ld_o, ld_o, alpha, p, ld_p, v + j, v_stride, nk);
+}
+
+// online_softmax: for keys [0, nk) of St (in place, St becomes P):
+//   m_new = max(m, max_k St[k]); base = m_new, or 0 where m_new = -inf (fully masked so far);
+//   alpha = exp(m - base); P = exp(St - base); l = alpha * l + sum_k P; m = m_new.
+// Note [Minus infinity]: with base = 0 for all-masked lanes, exp(-inf - 0) = 0 and no
+// -inf - -inf (NaN) is ever formed; such lanes keep l = 0 and finish as output 0, lse -inf.
+template <class Arch, int NV>
+inline void online_softmax(float* st, std::int64_t ld_s, std::int64_t nk, float* m, float* l,
+                           float* alpha) noexcept {
+  using B = simd::vfloat<Arch>;
+  constexpr int W = int(B::size);
+  const B minus_inf(-std::numeric_limits<float>::infinity());
+  B base[NV];
+  for (int n = 0; n < NV; ++n) {
+    B mx = B::load_aligned(m + n * W);
+    for (std::int64_t kk = 0; kk < nk; ++kk) mx = simd::max<Arch>(mx, B::load_aligned(st + kk * ld_s + n * W));
+    base[n] = xsimd::select(mx == minus_inf, B(0.f), mx);
+    const B a = simd::exp<Arch>(B::load_aligned(m + n * W) - base[n]);
+    a.store_aligned(alpha + n * W);
+    mx.store_aligned(m + n * W);
+  }
+  B sum[NV];
+  for (int n = 0; n < NV; ++n) sum[n] = B(0.f);
+  for (std::int64_t kk = 0; kk < nk; ++kk) {
+    for (int n = 0; n < NV; ++n) {
+      const B p = simd::exp<Arch>(B::load_aligned(st + kk * ld_s + n * W) - base[n]);
+      p.store_aligned(st + kk * ld_s + n * W);
+      sum[n] += p;
+    }
+  }
+  for (int n = 0; n < NV; ++n)
+    xsimd::fma(B::load_aligned(l + n * W), B::load_aligned(alpha + n * W), sum[n]).store_aligned(l + n * W);
+}
+
+// softcap: St <- c * tanh(St / c) for keys [0, nk).
+template <class Arch, int NV>
+inline void softcap_tile(float* st, std::int64_t ld_s, std::int64_t nk, float cap) noexcept {
+  using B = simd::vfloat<Arch>;
+  constexpr int W = int(B::size);
+  const B c(cap), inv(1.f / cap);
+  for (std::int64_t kk = 0; kk < nk; ++kk)
+    for (int n = 0; n < NV; ++n) {
+      float* s = st + kk * ld_s + n * W;
+      (c * simd::tanh<Arch>(B::load_aligned(s) * inv)).store_aligned(s);
+    }
+}
+
+}  // namespace kernels
+}  // namespace ATTNKIT_ISA_NS
+}  // namespace attnkit
