@@ -1,4 +1,4 @@
-// attnkit::attention: dense (flash-style) attention, the public entry.
+// Public entries of the flash-style family: attnkit::attention and attnkit::topk_attention.
 #pragma once
 
 #include <type_traits>
@@ -16,13 +16,14 @@
 #include "dispatch/entries.hpp"
 #else
 #include "kernels/dense.hpp"
+#include "kernels/topk.hpp"
 #endif
 
 namespace attnkit {
 inline namespace ATTNKIT_ISA_NS {
 
-/// Which code path attention() runs in this translation unit, e.g. "avx512 (runtime
-/// dispatch)" or "avx512bw (static, compile-time ISA)".
+/// Which code path the kernels run in this translation unit, e.g. "avx512 (runtime
+/// dispatch)" or "avx512bw" (static: the compile-time ISA).
 inline const char* backend_name() noexcept {
 #if ATTNKIT_RUNTIME_DISPATCH
   switch (active_isa()) {
@@ -37,41 +38,32 @@ inline const char* backend_name() noexcept {
 
 namespace detail {
 
-template <class Mask>
-void run_dense(const dense_args& a, const Mask& mask) {
+// One runtime-dispatched call: pick the entry of the active ISA; the mask travels as a
+// mask_ref whose per-tile functions were compiled here.
 #if ATTNKIT_RUNTIME_DISPATCH
-  const mask_ref ref = make_mask_ref(mask);
-  switch (active_isa()) {
-    case isa::avx512: isa_entry_avx512::dense_forward(a, ref); break;
-    case isa::avx2: isa_entry_avx2::dense_forward(a, ref); break;
-    default: isa_entry_sse2::dense_forward(a, ref); break;
-  }
+#define ATTNKIT_DISPATCH(NAME, ARGS, MASK)                                    \
+  do {                                                                        \
+    const mask_ref ref_ = make_mask_ref(MASK);                                \
+    switch (active_isa()) {                                                   \
+      case isa::avx512: ::attnkit::isa_entry_avx512::NAME(ARGS, ref_); break; \
+      case isa::avx2: ::attnkit::isa_entry_avx2::NAME(ARGS, ref_); break;     \
+      default: ::attnkit::isa_entry_sse2::NAME(ARGS, ref_); break;            \
+    }                                                                         \
+  } while (0)
 #else
-  dense_forward<xsimd::default_arch>(a, mask);
+#define ATTNKIT_DISPATCH(NAME, ARGS, MASK) ::attnkit::ATTNKIT_ISA_NS::detail::NAME<xsimd::default_arch>(ARGS, MASK)
 #endif
-}
 
-}  // namespace detail
-
-/// Dense attention: out = softmax(mask(softcap(scale * q k^T))) v, per (batch, query head).
-///
-///   q   [batch, q_heads, Lq, d]      k [batch, kv_heads, Lk, d]   v [batch, kv_heads, Lk, dv]
-///   out [batch, q_heads, Lq, dv]     lse (optional) [batch, q_heads, Lq, 1], natural log
-///
-/// q_heads must be a multiple of kv_heads (grouped-query / multi-query attention: query
-/// head h reads kv head h / (q_heads / kv_heads)). Query row i sits at position
-/// i + (Lk - Lq) (bottom-right alignment). A row whose keys are all masked gets output 0 and
-/// lse -inf. Views may have any non-negative strides with unit stride along dim. Throws
-/// attnkit::error on invalid arguments before doing any work.
-template <class TQ, class TK, class TV, class Mask = no_mask>
-void attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
-               const tensor_view<float>& out, const Mask& mask = {}, const attention_options& options = {},
-               const tensor_view<float>& lse = {}) {
+/// Validates a flash-style call (views, mask, options) and flattens it into dense_args.
+template <class TQ, class TK, class TV, class Mask>
+dense_args flash_args(const char* fn, const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+                      const tensor_view<float>& out, const Mask& mask, const attention_options& options,
+                      const tensor_view<float>& lse) {
   static_assert(std::is_same<std::remove_cv_t<TQ>, float>::value && std::is_same<std::remove_cv_t<TK>, float>::value &&
                     std::is_same<std::remove_cv_t<TV>, float>::value,
-                "attnkit::attention: q, k and v must be float views (bf16/fp16 K/V come with the decode path)");
-  static_assert(is_mask<Mask>::value, "attnkit::attention: argument 'mask' must be a mask (see mask/masks.hpp)");
-  const auto p = detail::check_dense("attention", q, k, v, &out, lse, options);
+                "attnkit: q, k and v must be float views (bf16/fp16 K/V come with the decode path)");
+  static_assert(is_mask<Mask>::value, "attnkit: argument 'mask' must be a mask (see mask/masks.hpp)");
+  const auto p = check_dense(fn, q, k, v, &out, lse, options);
   mask.check(mask_problem{p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len});
   dense_args a;
   a.q = q.data_handle();
@@ -93,7 +85,42 @@ void attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_
   a.sinks = options.sink_logits.data;
   a.num_threads = options.num_threads;
   a.exec = options.exec;
-  detail::run_dense(a, mask);
+  return a;
+}
+
+}  // namespace detail
+
+/// Dense attention: out = softmax(mask(softcap(score_fn(scale * q k^T)))) v, per batch and
+/// query head.
+///
+///   q   [batch, q_heads, Lq, d]      k [batch, kv_heads, Lk, d]   v [batch, kv_heads, Lk, dv]
+///   out [batch, q_heads, Lq, dv]     lse (optional) [batch, q_heads, Lq, 1], natural log
+///
+/// q_heads must be a multiple of kv_heads (grouped-query / multi-query attention: query
+/// head h reads kv head h / (q_heads / kv_heads)). Query row i sits at position
+/// i + (Lk - Lq) (bottom-right alignment). A row whose keys are all masked gets output 0 and
+/// lse -inf. Views may have any non-negative strides with unit stride along dim. Throws
+/// attnkit::error on invalid arguments before doing any work.
+template <class TQ, class TK, class TV, class Mask = no_mask>
+void attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+               const tensor_view<float>& out, const Mask& mask = {}, const attention_options& options = {},
+               const tensor_view<float>& lse = {}) {
+  const dense_args a = detail::flash_args("attention", q, k, v, out, mask, options, lse);
+  ATTNKIT_DISPATCH(dense_forward, a, mask);
+}
+
+/// Top-k attention: like attention(), but each query's softmax runs over only its `topk`
+/// largest allowed scores (after scale, score modifier and softcap); ties go to the lower
+/// key index, and a query with fewer allowed keys than topk uses all of them. Exact. Extra
+/// memory is O(threads x 64 x topk), never O(Lq x Lk).
+template <class TQ, class TK, class TV, class Mask = no_mask>
+void topk_attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+                    const tensor_view<float>& out, std::int64_t topk, const Mask& mask = {},
+                    const attention_options& options = {}, const tensor_view<float>& lse = {}) {
+  dense_args a = detail::flash_args("topk_attention", q, k, v, out, mask, options, lse);
+  if (topk < 1) detail::fail("topk_attention", "argument 'topk' must be >= 1, got " + std::to_string(topk));
+  a.topk = topk < a.kv_len ? topk : (a.kv_len > 0 ? a.kv_len : 1);
+  ATTNKIT_DISPATCH(topk_forward, a, mask);
 }
 
 }  // namespace ATTNKIT_ISA_NS

@@ -28,6 +28,7 @@ struct dense_args {
   int num_threads = 0;
   executor exec = {};
   int kv_block = 0;  // keys per tile; 0 = default (a tuning knob for benchmarks)
+  std::int64_t topk = 0;  // top-k attention: keys kept per query (1 <= topk <= max(kv_len, 1))
 };
 
 }  // namespace attnkit

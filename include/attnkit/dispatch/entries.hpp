@@ -10,7 +10,7 @@
 #include "../mask/policy.hpp"
 
 namespace attnkit {
-#define ATTNKIT_DENSE_ENTRY(P) void dense_forward(const dense_args& a, const P& policy) noexcept;
+#define ATTNKIT_ENTRY(NAME) void NAME(const dense_args& a, const mask_ref& policy) noexcept;
 namespace isa_entry_sse2 {
 #include "variants.def"
 }
@@ -20,5 +20,5 @@ namespace isa_entry_avx2 {
 namespace isa_entry_avx512 {
 #include "variants.def"
 }
-#undef ATTNKIT_DENSE_ENTRY
+#undef ATTNKIT_ENTRY
 }  // namespace attnkit

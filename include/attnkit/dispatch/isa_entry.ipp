@@ -4,15 +4,16 @@
 // Nothing but Arch-templated code and ISA-namespaced code may be emitted here
 // (Note [ISA namespaces] in config.hpp).
 #include "../kernels/dense.hpp"
+#include "../kernels/topk.hpp"
 #include "entries.hpp"
 
 namespace attnkit {
 namespace ATTNKIT_ENTRY_NS {
-#define ATTNKIT_DENSE_ENTRY(P)                                                     \
-  void dense_forward(const dense_args& a, const P& policy) noexcept {              \
-    ::attnkit::ATTNKIT_ISA_NS::detail::dense_forward<ATTNKIT_ENTRY_ARCH>(a, policy); \
+#define ATTNKIT_ENTRY(NAME)                                                 \
+  void NAME(const dense_args& a, const mask_ref& policy) noexcept {         \
+    ::attnkit::ATTNKIT_ISA_NS::detail::NAME<ATTNKIT_ENTRY_ARCH>(a, policy); \
   }
 #include "variants.def"
-#undef ATTNKIT_DENSE_ENTRY
+#undef ATTNKIT_ENTRY
 }  // namespace ATTNKIT_ENTRY_NS
 }  // namespace attnkit

@@ -4,11 +4,13 @@
 // same semantics as attnkit::attention: scale (0 = 1/sqrt(dim)), score modifier, softcap,
 // bottom-right aligned positions, grouped-query heads, masks (only `allowed` is used, never
 // the tile answers), learned sink logits; fully-masked rows give output 0 and lse = -inf
-// (or the sink logit when there is one). Inputs of any storage type are widened exactly to double. Cost is
-// O(batch * heads * Lq * Lk * dim) time and O(Lk) extra memory per row.
+// (or the sink logit when there is one). Inputs of any storage type are widened exactly to
+// double. Cost is O(batch * heads * Lq * Lk * dim) time and O(Lk) extra memory per row.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -37,10 +39,14 @@ struct result {
   double l(index_t b, index_t h, index_t i) const { return lse[std::size_t((b * heads + h) * q_len + i)]; }
 };
 
-template <class TQ, class TK, class TV, class Mask = no_mask>
-result attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
-                 const Mask& mask = {}, const attention_options& opt = {}) {
-  const auto p = detail::check_dense("reference::attention", q, k, v, nullptr, tensor_view<float>{}, opt);
+namespace detail {
+
+// Shared body: for every row, the allowed keys and their final scores go to `select`, which
+// may drop keys (top-k); then softmax (with the sink logit) and the weighted sum of V.
+template <class TQ, class TK, class TV, class Mask, class Select>
+result attend(const char* fn, const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+              const Mask& mask, const attention_options& opt, Select&& select) {
+  const auto p = attnkit::detail::check_dense(fn, q, k, v, nullptr, tensor_view<float>{}, opt);
   mask.check(mask_problem{p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len});
   result r;
   r.batch = p.batch;
@@ -52,45 +58,83 @@ result attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tenso
   const index_t group = p.q_heads / p.kv_heads;
   const index_t offset = p.kv_len - p.q_len;
   const double scale = p.scale;  // the float the kernels use, widened
-  std::vector<double> s(std::size_t(p.kv_len));
-  std::vector<char> ok(std::size_t(p.kv_len));
+  std::vector<double> s;
+  std::vector<index_t> keys;
   for (index_t b = 0; b < p.batch; ++b)
     for (index_t h = 0; h < p.q_heads; ++h) {
       const index_t hk = h / group;
       for (index_t i = 0; i < p.q_len; ++i) {
         const index_t qpos = i + offset;
-        double mx = -std::numeric_limits<double>::infinity();
+        keys.clear();
+        s.clear();
         for (index_t j = 0; j < p.kv_len; ++j) {
-          ok[std::size_t(j)] = mask.allowed(b, h, qpos, j) ? 1 : 0;
-          if (!ok[std::size_t(j)]) continue;
+          if (!mask.allowed(b, h, qpos, j)) continue;
           double dot = 0;
           for (index_t d = 0; d < p.qk_dim; ++d)
             dot += double(to_float(q(b, h, i, d))) * double(to_float(k(b, hk, j, d)));
           double x = dot * scale;
           if constexpr (has_score<Mask>::value) x = mask.score(float(x), b, h, qpos, j);
           if (opt.softcap != 0.f) x = double(opt.softcap) * std::tanh(x / double(opt.softcap));
-          s[std::size_t(j)] = x;
-          if (x > mx) mx = x;
+          keys.push_back(j);
+          s.push_back(x);
         }
+        select(keys, s);
+        double mx = -std::numeric_limits<double>::infinity();
+        for (double x : s) mx = std::max(mx, x);
         const bool sink = opt.sink_logits.data != nullptr;
         const double sink_logit = sink ? double(opt.sink_logits.data[h]) : 0.0;
         if (sink && sink_logit > mx) mx = sink_logit;
         if (mx == -std::numeric_limits<double>::infinity()) continue;  // fully masked: 0, -inf
         double sum = sink ? std::exp(sink_logit - mx) : 0.0;
-        for (index_t j = 0; j < p.kv_len; ++j) {
-          if (!ok[std::size_t(j)]) continue;
-          s[std::size_t(j)] = std::exp(s[std::size_t(j)] - mx);
-          sum += s[std::size_t(j)];
+        for (double& x : s) {
+          x = std::exp(x - mx);
+          sum += x;
         }
-        for (index_t j = 0; j < p.kv_len; ++j) {
-          if (!ok[std::size_t(j)]) continue;
-          const double w = s[std::size_t(j)] / sum;
-          for (index_t d = 0; d < p.v_dim; ++d) r.o(b, h, i, d) += w * double(to_float(v(b, hk, j, d)));
+        for (std::size_t t = 0; t < keys.size(); ++t) {
+          const double w = s[t] / sum;
+          for (index_t d = 0; d < p.v_dim; ++d) r.o(b, h, i, d) += w * double(to_float(v(b, hk, keys[t], d)));
         }
         r.l(b, h, i) = mx + std::log(sum);
       }
     }
   return r;
+}
+
+}  // namespace detail
+
+/// Reference of attnkit::attention.
+template <class TQ, class TK, class TV, class Mask = no_mask>
+result attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+                 const Mask& mask = {}, const attention_options& opt = {}) {
+  return detail::attend("reference::attention", q, k, v, mask, opt,
+                        [](std::vector<index_t>&, std::vector<double>&) {});
+}
+
+/// Reference of attnkit::topk_attention: keeps each row's `topk` largest allowed scores,
+/// ties to the lower key index.
+template <class TQ, class TK, class TV, class Mask = no_mask>
+result topk_attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+                      index_t topk, const Mask& mask = {}, const attention_options& opt = {}) {
+  if (topk < 1)
+    attnkit::detail::fail("reference::topk_attention", "argument 'topk' must be >= 1, got " + std::to_string(topk));
+  return detail::attend("reference::topk_attention", q, k, v, mask, opt,
+                        [topk](std::vector<index_t>& keys, std::vector<double>& s) {
+                          if (index_t(keys.size()) <= topk) return;
+                          std::vector<std::size_t> order(keys.size());
+                          for (std::size_t t = 0; t < order.size(); ++t) order[t] = t;
+                          std::stable_sort(order.begin(), order.end(),
+                                           [&](std::size_t x, std::size_t y) { return s[x] > s[y]; });
+                          order.resize(std::size_t(topk));
+                          std::sort(order.begin(), order.end());
+                          std::vector<index_t> k2;
+                          std::vector<double> s2;
+                          for (std::size_t t : order) {
+                            k2.push_back(keys[t]);
+                            s2.push_back(s[t]);
+                          }
+                          keys.swap(k2);
+                          s.swap(s2);
+                        });
 }
 
 }  // namespace reference
