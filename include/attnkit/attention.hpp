@@ -43,7 +43,7 @@ namespace detail {
 #if ATTNKIT_RUNTIME_DISPATCH
 #define ATTNKIT_DISPATCH(NAME, ARGS, MASK)                                    \
   do {                                                                        \
-    const mask_ref ref_ = make_mask_ref(MASK);                                \
+    const mask_ref ref_ = ::attnkit::ATTNKIT_ISA_NS::detail::make_mask_ref(MASK); \
     switch (active_isa()) {                                                   \
       case isa::avx512: ::attnkit::isa_entry_avx512::NAME(ARGS, ref_); break; \
       case isa::avx2: ::attnkit::isa_entry_avx2::NAME(ARGS, ref_); break;     \
