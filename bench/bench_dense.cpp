@@ -7,9 +7,10 @@
 // unit and not in another would give two different definitions of the same weak symbols,
 // and the linker would keep one of them (toolchain.md, ODR/COMDAT pitfalls). Instead:
 // the GEMM ceiling runs outside any parallel region with Eigen::setNbThreads(threads), and
-// the materialised baseline runs its own `omp parallel for` over heads; Eigen 3.4 checks
-// omp_get_num_threads() > 1 at run time and stays single-threaded inside that region
-// (Eigen/src/Core/products/Parallelizer.h).
+// the materialised baseline runs its own `omp parallel for` over heads with
+// Eigen::setNbThreads(1) for its duration (Eigen 3.4 also stays serial when it sees
+// omp_get_num_threads() > 1, Eigen/src/Core/products/Parallelizer.h, but not in a team of
+// one thread, where it would start a nested team of its own).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -151,6 +152,10 @@ void run_eigen_materialized(const shape& s, const inputs& in, std::vector<float>
   const float minus_inf = -std::numeric_limits<float>::infinity();
   const bool is_causal = s.mask == mask_kind::causal;
   const std::int64_t units = s.batch * s.q_heads;
+  // Eigen single-threaded inside our region, also when threads == 1: a team of one is not
+  // an active parallel region, so Eigen would otherwise start its own nested team.
+  const int eigen_threads = Eigen::nbThreads();
+  Eigen::setNbThreads(1);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (std::int64_t u = 0; u < units; ++u) {
     const std::int64_t b = u / s.q_heads, h = u % s.q_heads, hk = h / group;
@@ -173,6 +178,7 @@ void run_eigen_materialized(const shape& s, const inputs& in, std::vector<float>
     sm.array().colwise() /= row_sum.array();
     o.noalias() = sm * v;
   }
+  Eigen::setNbThreads(eigen_threads);
 }
 
 void bm_eigen_materialized(benchmark::State& state, shape s, int threads) {
@@ -260,17 +266,14 @@ void bm_reference(benchmark::State& state, shape s, int threads) {
 void register_dense_benchmarks(const config& cfg) {
   const int t = cfg.threads;
   // The minimum time decides how many iterations one repetition runs: an iteration that
-  // already takes longer runs once. --quick runs one iteration (a few for the GEMM).
-  auto timing = [&cfg](benchmark::internal::Benchmark* b, double min_time, int quick_iters) {
-    b->UseRealTime()->Unit(benchmark::kMillisecond);
-    if (cfg.quick)
-      b->Iterations(quick_iters);
-    else
-      b->MinTime(min_time);
+  // already takes longer runs once. --quick shortens it, so the big shapes run once and
+  // the small ones a few times.
+  auto timing = [&cfg](benchmark::internal::Benchmark* b, double min_time) {
+    b->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(cfg.quick ? 0.05 : min_time);
   };
 
-  timing(benchmark::RegisterBenchmark("BM_peak_fma", bm_peak_fma, t), 0.2, 3);
-  timing(benchmark::RegisterBenchmark("BM_gemm_eigen_2048", bm_gemm_eigen, 2048, t), 1.0, 3);
+  timing(benchmark::RegisterBenchmark("BM_peak_fma", bm_peak_fma, t), 0.2);
+  timing(benchmark::RegisterBenchmark("BM_gemm_eigen_2048", bm_gemm_eigen, 2048, t), 1.0);
 
   const shape headline = headline_shape();  // (a) batch 1, 32 q heads, 8 kv heads, d 128, seq 4096, causal
   shape nomask = headline;  // (b)
@@ -283,11 +286,11 @@ void register_dense_benchmarks(const config& cfg) {
   small.q_len = small.kv_len = 512;
 
   for (const shape& s : {headline, nomask, d64, small}) {
-    timing(benchmark::RegisterBenchmark(("BM_attnkit/" + s.label()).c_str(), bm_attnkit, s, t), 0.5, 1);
+    timing(benchmark::RegisterBenchmark(("BM_attnkit/" + s.label()).c_str(), bm_attnkit, s, t), 0.5);
     timing(benchmark::RegisterBenchmark(("BM_eigen_materialized/" + s.label()).c_str(), bm_eigen_materialized, s, t),
-           0.5, 1);
+           0.5);
   }
-  timing(benchmark::RegisterBenchmark(("BM_reference/" + small.label()).c_str(), bm_reference, small, t), 0.1, 1);
+  timing(benchmark::RegisterBenchmark(("BM_reference/" + small.label()).c_str(), bm_reference, small, t), 0.1);
 }
 
 }  // namespace attnkit_bench
