@@ -122,6 +122,10 @@ struct dense_consumer {
       }
     }
 
+    static constexpr std::int64_t sample_stride() noexcept { return 0; }
+    void sample(float*, std::int64_t) noexcept {}
+    void end_sample(std::int64_t, std::int64_t) noexcept {}
+
     void tile(float* st, std::int64_t k0, std::int64_t nk) noexcept {
       kernels::online_softmax<Arch, NV>(st, BQ, nk, m, l, alpha);
       kernels::pv_block<Arch, NV>(ot, BQ, alpha, st, BQ, vbase + k0 * a.v_ss, a.v_ss, a.v_dim, nk);
@@ -129,8 +133,8 @@ struct dense_consumer {
 
     // Epilogue: fold in the learned sink logit (an extra softmax term with no value), then
     // normalise and write out and lse. Fully-masked lanes (l = 0) give 0 and -inf (or the
-    // sink logit as lse: the sink then holds all the mass).
-    void finish() noexcept {
+    // sink logit as lse: the sink then holds all the mass). Returns true: one walk is enough.
+    bool finish() noexcept {
       constexpr float minus_inf = -std::numeric_limits<float>::infinity();
       for (std::int64_t hi = 0; hi < c.nh; ++hi) {
         const std::int64_t h = c.h0 + hi;
@@ -146,6 +150,7 @@ struct dense_consumer {
             a.lse[c.b * a.l_sb + h * a.l_sh + (c.i0 + r) * a.l_ss] = sum > 0.f ? mx + std::log(sum) : minus_inf;
         }
       }
+      return true;
     }
   };
 };
@@ -222,30 +227,68 @@ struct unit_runner {
     tile_desc td;
     td.b = c.b, td.h0 = c.h0, td.nh = c.nh, td.nq = c.nq, td.p0 = p0;
     const float* kbase = a.k + c.b * a.k_sb + c.kvh * a.k_sh;
-    for (int ri = 0; ri < ranges.count; ++ri) {
-      for (std::int64_t k0 = ranges.r[ri].begin; k0 < ranges.r[ri].end;) {
-        const std::int64_t cell_end = (k0 / bk + 1) * bk;
-        const std::int64_t k1 = cell_end < ranges.r[ri].end ? cell_end : ranges.r[ri].end;
-        const std::int64_t tk0 = k0, nk = k1 - k0;
-        k0 = k1;
-        bool any = false, all_full = true;
-        for (std::int64_t hi = 0; hi < c.nh; ++hi) {
-          const tile_kind t = policy.classify(c.b, c.h0 + hi, p0, p1, tk0, k1);
-          any = any || t != tile_kind::empty;
-          all_full = all_full && t == tile_kind::full;
-        }
-        if (!any) continue;
+    // Walks the non-empty tiles and hands each, scored and masked, to on_tile(st, k0, nk).
+    // With sample > 1 it only samples: every `sample`-th key of the full tiles (no mask
+    // needed there), handed over as on_tile(st, -1, rows); returns the keys of all
+    // non-empty tiles and the number sampled.
+    struct walk_count {
+      std::int64_t keys = 0, sampled = 0;
+    };
+    auto walk = [&](std::int64_t sample, auto&& on_tile) -> walk_count {
+      walk_count n;
+      for (int ri = 0; ri < ranges.count; ++ri) {
+        for (std::int64_t k0 = ranges.r[ri].begin; k0 < ranges.r[ri].end;) {
+          const std::int64_t cell_end = (k0 / bk + 1) * bk;
+          const std::int64_t k1 = cell_end < ranges.r[ri].end ? cell_end : ranges.r[ri].end;
+          const std::int64_t tk0 = k0, nk = k1 - k0;
+          k0 = k1;
+          bool any = false, all_full = true;
+          for (std::int64_t hi = 0; hi < c.nh; ++hi) {
+            const tile_kind t = policy.classify(c.b, c.h0 + hi, p0, p1, tk0, k1);
+            any = any || t != tile_kind::empty;
+            all_full = all_full && t == tile_kind::full;
+          }
+          if (!any) continue;
+          n.keys += nk;
+          if (sample > 1) {
+            if (!all_full) continue;
+            const std::int64_t first = tk0 + (sample - tk0 % sample) % sample;
+            const std::int64_t rows = first < k1 ? (k1 - first + sample - 1) / sample : 0;
+            if (rows == 0) continue;
+            kernels::qk_block<Arch, NV>(qt, BQ, kbase + first * a.k_ss, sample * a.k_ss, D, rows, st, BQ);
+            if (policy.has_score())
+              for (std::int64_t r = 0; r < rows; ++r) {
+                td.k0 = first + r * sample;
+                td.nk = 1;
+                policy.score_tile(td, st + r * BQ, BQ);
+              }
+            if (a.softcap != 0.f) kernels::softcap_tile<Arch, NV>(st, BQ, rows, a.softcap);
+            n.sampled += rows;
+            on_tile(st, std::int64_t(-1), rows);
+            continue;
+          }
 
-        td.k0 = tk0;
-        td.nk = nk;
-        kernels::qk_block<Arch, NV>(qt, BQ, kbase + tk0 * a.k_ss, a.k_ss, D, nk, st, BQ);
-        if (policy.has_score()) policy.score_tile(td, st, BQ);
-        if (a.softcap != 0.f) kernels::softcap_tile<Arch, NV>(st, BQ, nk, a.softcap);
-        if (!all_full) policy.mask_tile(td, st, BQ);
-        consumer.tile(st, tk0, nk);
+          td.k0 = tk0;
+          td.nk = nk;
+          kernels::qk_block<Arch, NV>(qt, BQ, kbase + tk0 * a.k_ss, a.k_ss, D, nk, st, BQ);
+          if (policy.has_score()) policy.score_tile(td, st, BQ);
+          if (a.softcap != 0.f) kernels::softcap_tile<Arch, NV>(st, BQ, nk, a.softcap);
+          if (!all_full) policy.mask_tile(td, st, BQ);
+          on_tile(st, tk0, nk);
+        }
       }
+      return n;
+    };
+    // A consumer may first look at a sample of the keys (top-k estimates its thresholds),
+    // and may ask for the walk again after finish() (top-k when an estimate was too high).
+    if (consumer.sample_stride() > 1) {
+      const walk_count n = walk(consumer.sample_stride(),
+                                [&](float* s, std::int64_t, std::int64_t rows) { consumer.sample(s, rows); });
+      consumer.end_sample(n.sampled, n.keys);
     }
-    consumer.finish();
+    do {
+      walk(1, [&](float* s, std::int64_t k0, std::int64_t nk) { consumer.tile(s, k0, nk); });
+    } while (!consumer.finish());
   }
 };
 

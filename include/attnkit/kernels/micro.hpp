@@ -61,13 +61,12 @@ ATTNKIT_ALWAYS_INLINE void pv_tile(float* ATTNKIT_RESTRICT ot, std::int64_t ld_o
                                    std::int64_t nk) noexcept {
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
+  // The tile's sum starts from zero and joins the running output only at the end: a
+  // two-level summation (within a tile, then across tiles), so the rounding error does not
+  // grow with the sequence length as one running accumulator's would.
   B acc[JR][NV];
-  {
-    B a[NV];
-    for (int n = 0; n < NV; ++n) a[n] = B::load_aligned(alpha + n * W);
-    for (int j = 0; j < JR; ++j)
-      for (int n = 0; n < NV; ++n) acc[j][n] = B::load_aligned(ot + j * ld_o + n * W) * a[n];
-  }
+  for (int j = 0; j < JR; ++j)
+    for (int n = 0; n < NV; ++n) acc[j][n] = B(0.f);
   for (std::int64_t kk = 0; kk < nk; ++kk) {
     B pv[NV];
     for (int n = 0; n < NV; ++n) pv[n] = B::load_aligned(p + kk * ld_p + n * W);
@@ -77,8 +76,11 @@ ATTNKIT_ALWAYS_INLINE void pv_tile(float* ATTNKIT_RESTRICT ot, std::int64_t ld_o
       for (int n = 0; n < NV; ++n) acc[j][n] = xsimd::fma(vb, pv[n], acc[j][n]);
     }
   }
+  B a[NV];
+  for (int n = 0; n < NV; ++n) a[n] = B::load_aligned(alpha + n * W);
   for (int j = 0; j < JR; ++j)
-    for (int n = 0; n < NV; ++n) acc[j][n].store_aligned(ot + j * ld_o + n * W);
+    for (int n = 0; n < NV; ++n)
+      xsimd::fma(B::load_aligned(ot + j * ld_o + n * W), a[n], acc[j][n]).store_aligned(ot + j * ld_o + n * W);
 }
 
 // Runs qk_tile over `nk` keys with remainder tiles; NV is fixed per call.
@@ -147,6 +149,24 @@ inline void softcap_tile(float* st, std::int64_t ld_s, std::int64_t nk, float ca
       float* s = st + kk * ld_s + n * W;
       (c * simd::tanh<Arch>(B::load_aligned(s) * inv)).store_aligned(s);
     }
+}
+
+// axpy: y[0:n] = (overwrite ? 0 : y) + alpha * x[0:n]. y is scratch (may be unaligned), x
+// any row; the tail is scalar.
+template <class Arch>
+ATTNKIT_ALWAYS_INLINE void axpy(float alpha, const float* ATTNKIT_RESTRICT x, float* ATTNKIT_RESTRICT y,
+                                std::int64_t n, bool overwrite) noexcept {
+  using B = simd::vfloat<Arch>;
+  constexpr std::int64_t W = B::size;
+  const B av(alpha);
+  std::int64_t i = 0;
+  if (overwrite) {
+    for (; i + W <= n; i += W) (av * B::load_unaligned(x + i)).store_unaligned(y + i);
+    for (; i < n; ++i) y[i] = alpha * x[i];
+  } else {
+    for (; i + W <= n; i += W) xsimd::fma(av, B::load_unaligned(x + i), B::load_unaligned(y + i)).store_unaligned(y + i);
+    for (; i < n; ++i) y[i] += alpha * x[i];
+  }
 }
 
 }  // namespace kernels

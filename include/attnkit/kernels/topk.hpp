@@ -1,17 +1,18 @@
 // Top-k attention: for every query, softmax over its `topk` largest allowed scores only.
 //
 // Shares the flash tile walk (dense.hpp): the same units, key ranges, mask tiles and score
-// modifier. Instead of an online softmax, each lane keeps a min-heap of its best `topk`
-// (score, key) pairs; a tile row is compared against every lane's current threshold in one
-// vector compare, and only lanes whose score beats it touch their heap (about
-// topk * (1 + ln(Lk / topk)) insertions per query for random scores). The epilogue takes the
-// softmax over the selected scores and gathers their V rows.
+// modifier. Instead of an online softmax, each lane (query) collects candidates: a tile row
+// is compared against every lane's threshold in one vector compare, and only scores above it
+// are appended to the lane's buffer; a full buffer is cut back to its best `topk` by a
+// selection, which raises the threshold. The epilogue takes the softmax over the selected
+// scores and gathers their V rows.
 //
-// Ties go to the lower key index: keys arrive in increasing order and a key enters a full
-// heap only with a strictly larger score. Extra memory: lanes x topk (score, index) per
-// thread, never O(Lq x Lk).
+// Ties go to the lower key index: keys arrive in increasing order, a key must beat the
+// threshold strictly, and the selection orders equal scores by key. Extra memory:
+// 64 lanes x (2 topk + 32) candidates per thread, never O(Lq x Lk).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -23,10 +24,24 @@ inline namespace ATTNKIT_ISA_NS {
 namespace detail {
 
 struct topk_consumer {
+  struct cand {
+    float s;
+    std::int64_t k;
+  };
+  // Better entry first: higher score, then lower key.
+  static bool better(const cand& x, const cand& y) noexcept { return x.s > y.s || (x.s == y.s && x.k < y.k); }
+
+  static constexpr int max_rank = 16;  // depth of the per-lane sample network
+
+  // A lane's buffer holds up to topk + slack candidates; when it fills, a selection keeps
+  // the best topk and the threshold becomes the worst kept score.
+  static std::int64_t capacity(std::int64_t topk) noexcept { return topk + (topk > 32 ? topk : 32); }
+
   template <class Arch>
   static std::int64_t scratch_floats(const dense_args& a, const dense_plan<Arch>&) noexcept {
-    // scores [BQ][topk], indices (int64 = 2 floats) [BQ][topk], sizes + thresholds [BQ]
-    return dense_plan<Arch>::BQ * (3 * a.topk + 2);
+    // candidates [BQ][capacity] (4 floats each), counts [BQ] (int64), thresholds, allowed
+    // counts [BQ], sample network [max_rank][BQ] (reused as one output row [v_dim])
+    return dense_plan<Arch>::BQ * (4 * capacity(a.topk) + 4 + max_rank) + a.v_dim;
   }
 
   template <class Arch, int NV>
@@ -36,97 +51,132 @@ struct topk_consumer {
     using B = simd::vfloat<Arch>;
     const dense_args& a;
     const unit_coords& c;
-    std::int64_t* idx;  // [BQ][topk]
-    float* sc;          // [BQ][topk]
-    float* thr;         // [BQ]: a score must exceed this to enter the lane's heap
-    float* count;       // [BQ]: heap sizes (exact small integers)
+    const std::int64_t cap;
+    const int lanes;
+    cand* buf;            // [BQ][cap]
+    std::int64_t* count;  // [BQ]
+    float* thr;           // [BQ]: a score must exceed this to become a candidate
+    float* allowed;       // [BQ]: keys with a finite score seen by the walk
+    float* top;           // [max_rank][BQ]: best sampled scores per lane, descending
+    std::int64_t stride = 0;
+    bool rerun = false;
 
     unit(const dense_args& a_, const unit_coords& c_, float* ws) noexcept
-        : a(a_), c(c_), idx(reinterpret_cast<std::int64_t*>(ws)), sc(ws + 2 * BQ * a_.topk),
-          thr(sc + BQ * a_.topk), count(thr + BQ) {
+        : a(a_), c(c_), cap(capacity(a_.topk)), lanes(int(c_.nh * c_.nq)), buf(reinterpret_cast<cand*>(ws)),
+          count(reinterpret_cast<std::int64_t*>(ws + 4 * BQ * cap)), thr(ws + 4 * BQ * cap + 2 * BQ),
+          allowed(thr + BQ), top(allowed + BQ) {
+      constexpr float inf = std::numeric_limits<float>::infinity();
       for (int x = 0; x < BQ; ++x) {
-        thr[x] = -std::numeric_limits<float>::infinity();
-        count[x] = 0.f;
+        thr[x] = x < lanes ? -inf : inf;  // padded lanes never take candidates
+        count[x] = 0;
+        allowed[x] = 0.f;
       }
+      // Sample every `stride`-th key and start each lane's threshold at a sampled score
+      // that about 2 topk of all its keys should beat: far fewer candidates (and
+      // selections) than a threshold that starts at -inf. Short walks skip sampling.
+      stride = (2 * a.topk) / max_rank;
+      if (stride < 2 || a.kv_len < 16 * a.topk) stride = 0;
+      for (int j = 0; j < max_rank; ++j)
+        for (int x = 0; x < BQ; ++x) top[j * BQ + x] = -inf;
     }
 
-    // Heap order: the root is the worst entry (lowest score; on equal scores the higher key).
-    static bool worse(float sa, std::int64_t ia, float sb, std::int64_t ib) noexcept {
-      return sa < sb || (sa == sb && ia > ib);
+    std::int64_t sample_stride() const noexcept { return stride; }
+
+    // Insertion network: keeps the `rank` largest sampled scores of every lane.
+    void sample(float* st, std::int64_t rows) noexcept {
+      for (std::int64_t kk = 0; kk < rows; ++kk)
+        for (int n = 0; n < NV; ++n) {
+          B x = B::load_aligned(st + kk * BQ + n * W);
+          for (int j = 0; j < max_rank; ++j) {
+            float* t = top + j * BQ + n * W;
+            const B cur = B::load_aligned(t);
+            simd::max<Arch>(cur, x).store_aligned(t);
+            x = xsimd::select(cur < x, cur, x);
+          }
+        }
     }
 
-    void push(int lane, float s, std::int64_t k) noexcept {
-      const std::int64_t cap = a.topk;
-      float* hs = sc + lane * cap;
-      std::int64_t* hk = idx + lane * cap;
-      std::int64_t n = std::int64_t(count[lane]);
-      std::int64_t i;
-      if (n < cap) {  // sift up from the end
-        i = n++;
-        while (i > 0) {
-          const std::int64_t parent = (i - 1) / 2;
-          if (!worse(s, k, hs[parent], hk[parent])) break;
-          hs[i] = hs[parent];
-          hk[i] = hk[parent];
-          i = parent;
-        }
-      } else {  // replace the root, sift down
-        i = 0;
-        for (;;) {
-          std::int64_t child = 2 * i + 1;
-          if (child >= n) break;
-          if (child + 1 < n && worse(hs[child + 1], hk[child + 1], hs[child], hk[child])) ++child;
-          if (!worse(hs[child], hk[child], s, k)) break;
-          hs[i] = hs[child];
-          hk[i] = hk[child];
-          i = child;
-        }
-      }
-      hs[i] = s;
-      hk[i] = k;
-      count[lane] = float(n);
-      if (n == cap) thr[lane] = hs[0];
+    // `sampled` of the `keys` walked were sampled: the rank-th best sample is beaten by
+    // about rank * keys / sampled keys; aim at 2 topk (no threshold if out of reach).
+    void end_sample(std::int64_t sampled, std::int64_t keys) noexcept {
+      if (sampled == 0) return;
+      const std::int64_t rank = (2 * a.topk * sampled + keys - 1) / keys;
+      if (rank < 1 || rank > max_rank) return;
+      for (int x = 0; x < lanes; ++x) thr[x] = top[(rank - 1) * BQ + x];
+    }
+
+    // Keeps the best topk of a lane's candidates in its first topk slots.
+    void select(int lane) noexcept {
+      cand* b = buf + lane * cap;
+      std::nth_element(b, b + (a.topk - 1), b + count[lane], better);
+      count[lane] = a.topk;
+      thr[lane] = b[a.topk - 1].s;
     }
 
     void tile(float* st, std::int64_t k0, std::int64_t nk) noexcept {
-      const int lanes = int(c.nh * c.nq);
+      const B minus_inf(-std::numeric_limits<float>::infinity()), one(1.f), zero(0.f);
       for (std::int64_t kk = 0; kk < nk; ++kk) {
         const float* row = st + kk * BQ;
         for (int n = 0; n < NV; ++n) {
-          // Padded lanes hold score 0 and would pass; they are excluded below.
-          if (!xsimd::any(B::load_aligned(row + n * W) > B::load_aligned(thr + n * W))) continue;
-          for (int x = n * W; x < (n + 1) * W && x < lanes; ++x)
-            if (row[x] > thr[x]) push(x, row[x], k0 + kk);
+          const B s = B::load_aligned(row + n * W);
+          (B::load_aligned(allowed + n * W) + xsimd::select(s > minus_inf, one, zero)).store_aligned(allowed + n * W);
+          unsigned bits = simd::bitmask<Arch>(s > B::load_aligned(thr + n * W));
+          while (bits) {
+            const int x = n * W + __builtin_ctz(bits);
+            bits &= bits - 1;
+            buf[x * cap + count[x]] = cand{row[x], k0 + kk};
+            if (++count[x] == cap) select(x);
+          }
         }
       }
     }
 
-    void finish() noexcept {
+    // A lane whose sampled threshold was too high (fewer candidates than topk although it
+    // had more allowed keys) is walked again with no threshold; other lanes keep theirs.
+    bool finish() noexcept {
+      constexpr float inf = std::numeric_limits<float>::infinity();
+      if (!rerun) {
+        bool again = false;
+        for (int x = 0; x < BQ; ++x) {
+          const bool fail = x < lanes && count[x] < a.topk && float(count[x]) < allowed[x];
+          if (fail) count[x] = 0;
+          thr[x] = fail ? -inf : inf;
+          again = again || fail;
+        }
+        if (again) {
+          rerun = true;
+          return false;
+        }
+      }
+      write_out();
+      return true;
+    }
+
+    void write_out() noexcept {
       constexpr float minus_inf = -std::numeric_limits<float>::infinity();
-      const std::int64_t cap = a.topk, dv = a.v_dim;
+      const std::int64_t dv = a.v_dim;
       const float* vbase = a.v + c.b * a.v_sb + c.kvh * a.v_sh;
+      float* acc = top;  // the sample network is done with: one output row of scratch
       for (std::int64_t hi = 0; hi < c.nh; ++hi) {
         const std::int64_t h = c.h0 + hi;
         for (std::int64_t r = 0; r < c.nq; ++r) {
-          const std::int64_t lane = hi * c.nq + r;
-          const std::int64_t n = std::int64_t(count[lane]);
-          const float* hs = sc + lane * cap;
-          const std::int64_t* hk = idx + lane * cap;
+          const int lane = int(hi * c.nq + r);
+          if (count[lane] > a.topk) select(lane);
+          const std::int64_t n = count[lane];
+          const cand* b = buf + lane * cap;
           float mx = minus_inf;
-          for (std::int64_t j = 0; j < n; ++j) mx = hs[j] > mx ? hs[j] : mx;
+          for (std::int64_t j = 0; j < n; ++j) mx = b[j].s > mx ? b[j].s : mx;
           float* orow = a.out + c.b * a.o_sb + h * a.o_sh + (c.i0 + r) * a.o_ss;
-          for (std::int64_t j = 0; j < dv; ++j) orow[j] = 0.f;
           float sum = 0.f;
           for (std::int64_t j = 0; j < n; ++j) {
-            const float p = std::exp(hs[j] - mx);
+            const float p = std::exp(b[j].s - mx);
             sum += p;
-            const float* vrow = vbase + hk[j] * a.v_ss;
-            for (std::int64_t d = 0; d < dv; ++d) orow[d] += p * vrow[d];
+            kernels::axpy<Arch>(p, vbase + b[j].k * a.v_ss, acc, dv, j == 0);
           }
           float keep = 1.f;
           if (a.sinks) fold_sink(a.sinks[h], mx, sum, keep);
           const float inv = n > 0 ? keep / sum : 0.f;
-          for (std::int64_t d = 0; d < dv; ++d) orow[d] *= inv;
+          for (std::int64_t d = 0; d < dv; ++d) orow[d] = n > 0 ? acc[d] * inv : 0.f;
           if (a.lse)
             a.lse[c.b * a.l_sb + h * a.l_sh + (c.i0 + r) * a.l_ss] = sum > 0.f ? mx + std::log(sum) : minus_inf;
         }

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <new>
+#include <type_traits>
 
 #include <xsimd/xsimd.hpp>
 
@@ -54,6 +55,25 @@ template <class Arch>
 ATTNKIT_ALWAYS_INLINE vfloat<Arch> clamp(const vfloat<Arch>& x, const vfloat<Arch>& lo,
                                          const vfloat<Arch>& hi) noexcept {
   return xsimd::select(x < lo, lo, xsimd::select(x > hi, hi, x));
+}
+
+/// The lanes of a comparison as bits (lane i -> bit i); xsimd 8.1 has no batch_bool::mask().
+template <class Arch>
+ATTNKIT_ALWAYS_INLINE unsigned bitmask(const xsimd::batch_bool<float, Arch>& b) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value) {
+    return unsigned(static_cast<__mmask16>(b));
+  } else
+#endif
+#if XSIMD_WITH_AVX
+  if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {
+    return unsigned(_mm256_movemask_ps(static_cast<__m256>(b)));
+  } else
+#endif
+  {
+    static_assert(vfloat<Arch>::size == 4, "attnkit: bitmask needs an SSE, AVX or AVX-512 arch");
+    return unsigned(_mm_movemask_ps(static_cast<__m128>(b)));
+  }
 }
 
 /// Name of an xsimd arch, for logs and benchmark output.
