@@ -28,19 +28,22 @@ struct topk_consumer {
     float s;
     std::int64_t k;
   };
-  // Better entry first: higher score, then lower key.
-  static bool better(const cand& x, const cand& y) noexcept { return x.s > y.s || (x.s == y.s && x.k < y.k); }
+  // Better entry first: higher score, then lower key. A function object, so that the
+  // selection inlines it.
+  struct better {
+    bool operator()(const cand& x, const cand& y) const noexcept { return x.s > y.s || (x.s == y.s && x.k < y.k); }
+  };
 
   static constexpr int max_rank = 16;  // depth of the per-lane sample network
 
   // A lane's buffer holds up to topk + slack candidates; when it fills, a selection keeps
   // the best topk and the threshold becomes the worst kept score.
-  static std::int64_t capacity(std::int64_t topk) noexcept { return topk + (topk > 32 ? topk : 32); }
+  static std::int64_t capacity(std::int64_t topk) noexcept { return topk + (topk > 32 ? 2 * topk : 64); }
 
   template <class Arch>
   static std::int64_t scratch_floats(const dense_args& a, const dense_plan<Arch>&) noexcept {
-    // candidates [BQ][capacity] (4 floats each), counts [BQ] (int64), thresholds, allowed
-    // counts [BQ], sample network [max_rank][BQ] (reused as one output row [v_dim])
+    // candidates [BQ][capacity] (4 floats each), counts [BQ] (int64), thresholds [BQ],
+    // sampled flags [BQ] (one float each), sample network [max_rank][BQ] (reused as one output row [v_dim])
     return dense_plan<Arch>::BQ * (4 * capacity(a.topk) + 4 + max_rank) + a.v_dim;
   }
 
@@ -56,7 +59,7 @@ struct topk_consumer {
     cand* buf;            // [BQ][cap]
     std::int64_t* count;  // [BQ]
     float* thr;           // [BQ]: a score must exceed this to become a candidate
-    float* allowed;       // [BQ]: keys with a finite score seen by the walk
+    bool* sampled;        // [BQ]: the lane's threshold came from samples
     float* top;           // [max_rank][BQ]: best sampled scores per lane, descending
     std::int64_t stride = 0;
     bool rerun = false;
@@ -64,12 +67,12 @@ struct topk_consumer {
     unit(const dense_args& a_, const unit_coords& c_, float* ws) noexcept
         : a(a_), c(c_), cap(capacity(a_.topk)), lanes(int(c_.nh * c_.nq)), buf(reinterpret_cast<cand*>(ws)),
           count(reinterpret_cast<std::int64_t*>(ws + 4 * BQ * cap)), thr(ws + 4 * BQ * cap + 2 * BQ),
-          allowed(thr + BQ), top(allowed + BQ) {
+          sampled(reinterpret_cast<bool*>(thr + BQ)), top(thr + 2 * BQ) {
       constexpr float inf = std::numeric_limits<float>::infinity();
       for (int x = 0; x < BQ; ++x) {
         thr[x] = x < lanes ? -inf : inf;  // padded lanes never take candidates
         count[x] = 0;
-        allowed[x] = 0.f;
+        sampled[x] = false;
       }
       // Sample every `stride`-th key and start each lane's threshold at a sampled score
       // that about 2 topk of all its keys should beat: far fewer candidates (and
@@ -98,28 +101,29 @@ struct topk_consumer {
 
     // `sampled` of the `keys` walked were sampled: the rank-th best sample is beaten by
     // about rank * keys / sampled keys; aim at 2 topk (no threshold if out of reach).
-    void end_sample(std::int64_t sampled, std::int64_t keys) noexcept {
-      if (sampled == 0) return;
-      const std::int64_t rank = (2 * a.topk * sampled + keys - 1) / keys;
+    void end_sample(std::int64_t n_sampled, std::int64_t keys) noexcept {
+      if (n_sampled == 0) return;
+      const std::int64_t rank = (2 * a.topk * n_sampled + keys - 1) / keys;
       if (rank < 1 || rank > max_rank) return;
-      for (int x = 0; x < lanes; ++x) thr[x] = top[(rank - 1) * BQ + x];
+      for (int x = 0; x < lanes; ++x) {
+        thr[x] = top[(rank - 1) * BQ + x];
+        sampled[x] = thr[x] > -std::numeric_limits<float>::infinity();
+      }
     }
 
     // Keeps the best topk of a lane's candidates in its first topk slots.
     void select(int lane) noexcept {
       cand* b = buf + lane * cap;
-      std::nth_element(b, b + (a.topk - 1), b + count[lane], better);
+      std::nth_element(b, b + (a.topk - 1), b + count[lane], better{});
       count[lane] = a.topk;
       thr[lane] = b[a.topk - 1].s;
     }
 
     void tile(float* st, std::int64_t k0, std::int64_t nk) noexcept {
-      const B minus_inf(-std::numeric_limits<float>::infinity()), one(1.f), zero(0.f);
       for (std::int64_t kk = 0; kk < nk; ++kk) {
         const float* row = st + kk * BQ;
         for (int n = 0; n < NV; ++n) {
           const B s = B::load_aligned(row + n * W);
-          (B::load_aligned(allowed + n * W) + xsimd::select(s > minus_inf, one, zero)).store_aligned(allowed + n * W);
           unsigned bits = simd::bitmask<Arch>(s > B::load_aligned(thr + n * W));
           while (bits) {
             const int x = n * W + __builtin_ctz(bits);
@@ -131,14 +135,16 @@ struct topk_consumer {
       }
     }
 
-    // A lane whose sampled threshold was too high (fewer candidates than topk although it
-    // had more allowed keys) is walked again with no threshold; other lanes keep theirs.
+    // A lane that started from a sampled threshold and found fewer than topk candidates may
+    // have dropped keys it needed (or simply have fewer allowed keys): it is walked again
+    // with no threshold; other lanes keep their results. Thresholds raised by select() are
+    // exact and never cause this.
     bool finish() noexcept {
       constexpr float inf = std::numeric_limits<float>::infinity();
       if (!rerun) {
         bool again = false;
         for (int x = 0; x < BQ; ++x) {
-          const bool fail = x < lanes && count[x] < a.topk && float(count[x]) < allowed[x];
+          const bool fail = x < lanes && count[x] < a.topk && sampled[x];
           if (fail) count[x] = 0;
           thr[x] = fail ? -inf : inf;
           again = again || fail;
