@@ -192,8 +192,8 @@ TEST_CASE("dense: softcap and explicit scale", "[dense]") {
   };
   // range 4 with scale 0.5 and D 64: raw scores have a spread of about +-20, so a cap of 30
   // bends them noticeably; range 1 keeps the [-1, 1] criterion in force.
-  const opt opts[] = {{0.3f, 0.f, 1.f}, {2.f, 0.f, 1.f}, {0.f, 30.f, 1.f}, {1.f, 5.f, 1.f}, {0.5f, 30.f, 4.f},
-                      {1.f, 1.f, 4.f}};
+  const opt opts[] = {{0.3f, 0.f, 1.f}, {2.f, 0.f, 1.f},  {-0.5f, 0.f, 1.f}, {0.f, 30.f, 1.f},
+                      {1.f, 5.f, 1.f},  {0.5f, 30.f, 4.f}, {1.f, 1.f, 4.f},   {-1.f, 3.f, 2.f}};
   for (const auto& o : opts)
     for (mask_kind m : kMasks) {
       dense_case c;
@@ -203,6 +203,20 @@ TEST_CASE("dense: softcap and explicit scale", "[dense]") {
       c.seed = 11;
       check_dense_case(c, isa);
     }
+}
+
+TEST_CASE("dense: scale 0 means 1/sqrt(dim of q)", "[dense]") {
+  ATTNKIT_TEST_FOR_EACH_ISA();
+  for (index_t d : {16, 40}) {
+    dense_case c;
+    c.q_heads = 2, c.q_len = 33, c.kv_len = 70, c.dim = d, c.v_dim = 8, c.seed = 4;
+    const dense_run implicit = run_only(c);
+    c.scale = 1.f / std::sqrt(float(d));
+    const dense_run explicit_ = run_only(c);
+    CHECK(implicit.out.same_bits(explicit_.out));
+    c.scale = 1.f;  // and a different scale really changes the result
+    CHECK(run_only(c).out.max_abs_diff(implicit.out) > 1e-3);
+  }
 }
 
 TEST_CASE("dense: softcap bends large scores (a kernel that ignores it fails)", "[dense]") {
@@ -384,6 +398,18 @@ TEST_CASE("dense property: output is bitwise identical for 1, 2, 3 and all threa
         CHECK(std::memcmp(r.lse.buf.data(), one.lse.buf.data(), one.lse.buf.size() * sizeof(float)) == 0);
       }
     }
+}
+
+TEST_CASE("dense property: more threads than work units", "[dense][property][threads]") {
+  ATTNKIT_TEST_FOR_EACH_ISA();
+  dense_case c;
+  c.q_len = 5, c.kv_len = 300, c.dim = 32, c.mask = mask_kind::causal, c.seed = 12;  // a single work unit
+  c.num_threads = 1;
+  const dense_run one = run_only(c);
+  c.num_threads = 16;
+  const accuracy a = check_dense_case(c, isa);
+  CHECK(a.err <= a.bound());
+  CHECK(run_only(c).out.same_bits(one.out));
 }
 
 namespace {

@@ -319,6 +319,23 @@ TEST_CASE("errors: bad options", "[errors]") {
   }
 }
 
+TEST_CASE("errors: learned sink logits of the wrong size, without data, or not finite", "[errors]") {
+  problem p;  // 4 query heads
+  const float sinks[4] = {0.f, 1.f, std::numeric_limits<float>::infinity(), 2.f};
+  SECTION("one logit short") {
+    p.opt.sink_logits = attnkit::float_span{sinks, 3};
+    expect_error(p, {"options.sink_logits", "expected 4", "got 3"});
+  }
+  SECTION("a size but no data") {
+    p.opt.sink_logits = attnkit::float_span{nullptr, 4};
+    expect_error(p, {"options.sink_logits", "null data"});
+  }
+  SECTION("an infinite logit") {
+    p.opt.sink_logits = attnkit::float_span{sinks, 4};
+    expect_error(p, {"options.sink_logits[2]", "not finite"});
+  }
+}
+
 TEST_CASE("errors: a negative explicit scale is allowed", "[errors]") {
   // Only non-finite scales are rejected; a negative scale flips the scores.
   problem p;
