@@ -1,4 +1,4 @@
-// Public entries of the flash-style family: attnkit::attention and attnkit::topk_attention.
+// Public entries of the flash-style family: attention, topk_attention, block_topk_attention.
 #pragma once
 
 #include <type_traits>
@@ -17,6 +17,7 @@
 #else
 #include "kernels/dense.hpp"
 #include "kernels/topk.hpp"
+#include "kernels/block_topk.hpp"
 #endif
 
 namespace attnkit {
@@ -121,6 +122,25 @@ void topk_attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const te
   if (topk < 1) detail::fail("topk_attention", "argument 'topk' must be >= 1, got " + std::to_string(topk));
   a.topk = topk < a.kv_len ? topk : (a.kv_len > 0 ? a.kv_len : 1);
   ATTNKIT_DISPATCH(topk_forward, a, mask);
+}
+
+/// Block top-k attention (MoBA), causal: keys form blocks of `block` keys; each query scores
+/// every fully past block by q . mean(K_block), keeps the `topk_blocks` best (ties to the
+/// lower block) and attends causally to its own block plus those. Scale, softcap and sink
+/// logits apply as in attention(). Work is proportional to the selected pairs; extra
+/// memory is O(Lq * topk_blocks) per thread plus the mean-pooled keys, computed once per call.
+template <class TQ, class TK, class TV>
+void block_topk_attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+                          const tensor_view<float>& out, std::int64_t block, std::int64_t topk_blocks,
+                          const attention_options& options = {}, const tensor_view<float>& lse = {}) {
+  dense_args a = detail::flash_args("block_topk_attention", q, k, v, out, causal{}, options, lse);
+  if (block < 1) detail::fail("block_topk_attention", "argument 'block' must be >= 1, got " + std::to_string(block));
+  if (topk_blocks < 0)
+    detail::fail("block_topk_attention", "argument 'topk_blocks' must be >= 0, got " + std::to_string(topk_blocks));
+  a.block = block;
+  const std::int64_t past_max = a.kv_len / block;  // no query can select more blocks than this
+  a.topk = topk_blocks < past_max ? topk_blocks : past_max;
+  ATTNKIT_DISPATCH(block_topk_forward, a, causal{});
 }
 
 }  // namespace ATTNKIT_ISA_NS

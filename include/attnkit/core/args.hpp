@@ -28,7 +28,8 @@ struct dense_args {
   int num_threads = 0;
   executor exec = {};
   int kv_block = 0;  // keys per tile; 0 = default (a tuning knob for benchmarks)
-  std::int64_t topk = 0;  // top-k attention: keys kept per query (1 <= topk <= max(kv_len, 1))
+  std::int64_t topk = 0;  // top-k: keys kept per query; block top-k: blocks kept per query
+  std::int64_t block = 0;  // block top-k: keys per block
 };
 
 }  // namespace attnkit

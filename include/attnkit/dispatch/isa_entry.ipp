@@ -5,6 +5,7 @@
 // (Note [ISA namespaces] in config.hpp).
 #include "../kernels/dense.hpp"
 #include "../kernels/topk.hpp"
+#include "../kernels/block_topk.hpp"
 #include "entries.hpp"
 
 namespace attnkit {

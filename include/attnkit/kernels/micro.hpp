@@ -169,6 +169,20 @@ ATTNKIT_ALWAYS_INLINE void axpy(float alpha, const float* ATTNKIT_RESTRICT x, fl
   }
 }
 
+// dot: sum_i x[i] * y[i] over n floats (any alignment; scalar tail).
+template <class Arch>
+ATTNKIT_ALWAYS_INLINE float dot(const float* ATTNKIT_RESTRICT x, const float* ATTNKIT_RESTRICT y,
+                                std::int64_t n) noexcept {
+  using B = simd::vfloat<Arch>;
+  constexpr std::int64_t W = B::size;
+  B acc(0.f);
+  std::int64_t i = 0;
+  for (; i + W <= n; i += W) acc = xsimd::fma(B::load_unaligned(x + i), B::load_unaligned(y + i), acc);
+  float s = xsimd::hadd(acc);
+  for (; i < n; ++i) s += x[i] * y[i];
+  return s;
+}
+
 }  // namespace kernels
 }  // namespace ATTNKIT_ISA_NS
 }  // namespace attnkit

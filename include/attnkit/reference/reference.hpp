@@ -137,6 +137,50 @@ result topk_attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const 
                         });
 }
 
+/// Reference of attnkit::block_topk_attention (MoBA): gates q . mean(K_block) in double over
+/// fully past blocks, keeps the topk_blocks best (ties to the lower block), then causal
+/// attention over the own block and the selected ones.
+template <class TQ, class TK, class TV>
+result block_topk_attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+                            index_t block, index_t topk_blocks, const attention_options& opt = {}) {
+  const auto p = attnkit::detail::check_dense("reference::block_topk_attention", q, k, v, nullptr,
+                                              tensor_view<float>{}, opt);
+  if (block < 1 || topk_blocks < 0)
+    attnkit::detail::fail("reference::block_topk_attention", "arguments 'block' >= 1 and 'topk_blocks' >= 0 required");
+  const index_t group = p.q_heads / p.kv_heads, offset = p.kv_len - p.q_len, n_full = p.kv_len / block;
+  // selected[(b * H + h) * Lq + i] holds the chosen blocks of that query
+  std::vector<std::vector<index_t>> selected(std::size_t(p.batch * p.q_heads * p.q_len));
+  std::vector<double> mean(std::size_t(p.qk_dim));
+  for (index_t b = 0; b < p.batch; ++b)
+    for (index_t h = 0; h < p.q_heads; ++h)
+      for (index_t i = 0; i < p.q_len; ++i) {
+        const index_t pos = i + offset;
+        if (pos < 0) continue;
+        const index_t past = std::min(pos / block, n_full);
+        std::vector<std::pair<double, index_t>> gates;
+        for (index_t j = 0; j < past; ++j) {
+          double g = 0;
+          for (index_t d = 0; d < p.qk_dim; ++d) {
+            double m = 0;
+            for (index_t r = j * block; r < (j + 1) * block; ++r) m += double(to_float(k(b, h / group, r, d)));
+            g += double(to_float(q(b, h, i, d))) * (m / double(block));
+          }
+          gates.push_back({g, j});
+        }
+        std::stable_sort(gates.begin(), gates.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
+        auto& s = selected[std::size_t((b * p.q_heads + h) * p.q_len + i)];
+        for (index_t t = 0; t < std::min<index_t>(topk_blocks, index_t(gates.size())); ++t) s.push_back(gates[std::size_t(t)].second);
+      }
+  const auto mask = mask_fn([&](std::int64_t b, std::int64_t h, std::int64_t qpos, std::int64_t key) {
+    if (key > qpos) return false;
+    if (key / block == qpos / block) return true;
+    const auto& s = selected[std::size_t((b * p.q_heads + h) * p.q_len + (qpos - offset))];
+    return std::find(s.begin(), s.end(), key / block) != s.end();
+  });
+  return detail::attend("reference::block_topk_attention", q, k, v, mask, opt,
+                        [](std::vector<index_t>&, std::vector<double>&) {});
+}
+
 }  // namespace reference
 }  // namespace ATTNKIT_ISA_NS
 }  // namespace attnkit
