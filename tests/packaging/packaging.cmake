@@ -6,9 +6,18 @@
 #   packaging.odr_rd_nm         nm/objdump of its per-ISA objects (check_weak_symbols.sh)
 #   packaging.static_two_isa    two static-mode TUs, baseline and -mavx2 -mfma, in one program
 #   packaging.static_two_isa_nm nm/objdump of those two objects
+#   packaging.odr_checker_selftest  the nm checker catches a planted offender
 # All carry the label `packaging`. Consumers are built with this build's compiler, build
-# type and CMAKE_CXX_FLAGS (so the sanitizer build also checks them).
+# type and CMAKE_CXX_FLAGS. In a sanitizer build (-fsanitize in CMAKE_CXX_FLAGS) the two
+# consumer tests also carry the label `slow` (about 80 s each there; packaging does not
+# depend on sanitizers) and the runtime-dispatch ODR target is not built (its per-ISA
+# objects are -O2 whatever the build type; the Release builds check them).
 include_guard(GLOBAL)
+
+set(_attnkit_pkg_sanitized OFF)
+if(CMAKE_CXX_FLAGS MATCHES "-fsanitize")
+  set(_attnkit_pkg_sanitized ON)
+endif()
 
 set(_attnkit_pkg_dir "${CMAKE_CURRENT_LIST_DIR}")
 set(_attnkit_pkg_work "${CMAKE_CURRENT_BINARY_DIR}/packaging")
@@ -31,6 +40,9 @@ foreach(_mode install add_subdirectory)
       -DJOBS=2
       -P "${_attnkit_pkg_dir}/run_consumer.cmake")
   set_tests_properties(${_name} PROPERTIES LABELS packaging PROCESSORS 2 TIMEOUT 900)
+  if(_attnkit_pkg_sanitized)
+    set_property(TEST ${_name} APPEND PROPERTY LABELS slow)
+  endif()
 endforeach()
 
 # --- ODR / ISA ----------------------------------------------------------------------------
@@ -51,17 +63,20 @@ endforeach()
 
 # Runtime dispatch into an OBJECT library, so the per-ISA objects have known paths. Its own
 # sources get -march=native: the helper's per-ISA flags must override the consumer's.
-add_library(attnkit_pkg_odr_rd OBJECT "${_attnkit_pkg_dir}/consumer/rd_main.cpp")
-target_include_directories(attnkit_pkg_odr_rd PRIVATE "${_attnkit_pkg_dir}/common")
-target_link_libraries(attnkit_pkg_odr_rd PUBLIC attnkit::attnkit)
-if(ATTNKIT_PKG_HAVE_MARCH_NATIVE)
-  target_compile_options(attnkit_pkg_odr_rd PRIVATE -march=native)
+if(NOT _attnkit_pkg_sanitized)
+  add_library(attnkit_pkg_odr_rd OBJECT "${_attnkit_pkg_dir}/consumer/rd_main.cpp")
+  target_include_directories(attnkit_pkg_odr_rd PRIVATE "${_attnkit_pkg_dir}/common")
+  target_link_libraries(attnkit_pkg_odr_rd PUBLIC attnkit::attnkit)
+  if(ATTNKIT_PKG_HAVE_MARCH_NATIVE)
+    target_compile_options(attnkit_pkg_odr_rd PRIVATE -march=native)
+  endif()
+  attnkit_enable_runtime_dispatch(attnkit_pkg_odr_rd)
+  attnkit_strict_warnings(attnkit_pkg_odr_rd)
+  add_executable(attnkit_pkg_odr_rd_app)
+  target_link_libraries(attnkit_pkg_odr_rd_app PRIVATE attnkit_pkg_odr_rd)
+  add_test(NAME packaging.odr_rd_run COMMAND attnkit_pkg_odr_rd_app)
+  set_tests_properties(packaging.odr_rd_run PROPERTIES LABELS packaging)
 endif()
-attnkit_enable_runtime_dispatch(attnkit_pkg_odr_rd)
-attnkit_strict_warnings(attnkit_pkg_odr_rd)
-add_executable(attnkit_pkg_odr_rd_app)
-target_link_libraries(attnkit_pkg_odr_rd_app PRIVATE attnkit_pkg_odr_rd)
-add_test(NAME packaging.odr_rd_run COMMAND attnkit_pkg_odr_rd_app)
 
 # Static mode: one TU at the baseline, one with -mavx2 -mfma.
 add_library(attnkit_pkg_static_objs OBJECT
@@ -76,18 +91,20 @@ attnkit_strict_warnings(attnkit_pkg_static_objs)
 add_executable(attnkit_pkg_static_two_isa)
 target_link_libraries(attnkit_pkg_static_two_isa PRIVATE attnkit_pkg_static_objs)
 add_test(NAME packaging.static_two_isa COMMAND attnkit_pkg_static_two_isa)
-set_tests_properties(packaging.odr_rd_run packaging.static_two_isa PROPERTIES LABELS packaging)
+set_tests_properties(packaging.static_two_isa PROPERTIES LABELS packaging)
 
 if(_attnkit_pkg_can_nm)
   set(_nm_env "NM=${ATTNKIT_GNU_NM}" "CXXFILT=${ATTNKIT_CXXFILT}" "OBJDUMP=${ATTNKIT_OBJDUMP}")
-  add_test(NAME packaging.odr_rd_nm
-    COMMAND "${ATTNKIT_BASH}" "${_attnkit_pkg_dir}/check_weak_symbols.sh" strict
-      "$<JOIN:$<TARGET_OBJECTS:attnkit_pkg_odr_rd>,|>" "sse2,avx2,avx512")
+  if(TARGET attnkit_pkg_odr_rd)
+    add_test(NAME packaging.odr_rd_nm
+      COMMAND "${ATTNKIT_BASH}" "${_attnkit_pkg_dir}/check_weak_symbols.sh" strict
+        "$<JOIN:$<TARGET_OBJECTS:attnkit_pkg_odr_rd>,|>" "sse2,avx2,avx512")
+    set_tests_properties(packaging.odr_rd_nm PROPERTIES LABELS packaging ENVIRONMENT "${_nm_env}")
+  endif()
   add_test(NAME packaging.static_two_isa_nm
     COMMAND "${ATTNKIT_BASH}" "${_attnkit_pkg_dir}/check_weak_symbols.sh" unsafe-only
       "$<JOIN:$<TARGET_OBJECTS:attnkit_pkg_static_objs>,|>" "sse2,avx2")
-  set_tests_properties(packaging.odr_rd_nm packaging.static_two_isa_nm PROPERTIES
-    LABELS packaging ENVIRONMENT "${_nm_env}")
+  set_tests_properties(packaging.static_two_isa_nm PROPERTIES LABELS packaging ENVIRONMENT "${_nm_env}")
 endif()
 
 # The checker must catch a planted offender (an un-namespaced inline function in a baseline
