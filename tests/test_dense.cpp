@@ -461,6 +461,7 @@ TEST_CASE("dense property: a host executor gives bitwise the OpenMP result", "[d
         other += seen[i].load() != 0;
     }
     CHECK(other == 0);
+    CHECK(once == pool.calls.load());
     CHECK(ex.out.same_bits(omp.out));
     CHECK(std::memcmp(ex.lse.buf.data(), omp.lse.buf.data(), omp.lse.buf.size() * sizeof(float)) == 0);
     CHECK(ex.out.touched_outside() == 0);

@@ -13,6 +13,7 @@
 #include <limits>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
 #include <immintrin.h>
 #define ATTNKIT_TEST_HAVE_F16C_TARGET 1
 #endif
@@ -102,9 +103,17 @@ std::vector<float> fp16_probe_floats() {
 }
 
 #ifdef ATTNKIT_TEST_HAVE_F16C_TARGET
+// CPUID.1:ECX: F16C (bit 29) and AVX (28) with OS-enabled YMM state (OSXSAVE 27, XCR0 bits
+// 1 and 2): F16C instructions are VEX-encoded. (clang 14's __builtin_cpu_supports has no
+// "f16c".)
 bool cpu_has_f16c() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("f16c");
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  const unsigned need = (1u << 27) | (1u << 28) | (1u << 29);
+  if ((c & need) != need) return false;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (lo & 6u) == 6u;
 }
 __attribute__((target("f16c"))) std::uint16_t hw_float_to_half(float f) { return _cvtss_sh(f, 0); }
 __attribute__((target("f16c"))) float hw_half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }

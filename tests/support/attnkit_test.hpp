@@ -347,14 +347,14 @@ inline plain_result plain_fp32(const tensor_view<const float>& q, const tensor_v
           if (softcap != 0.f) x = softcap * std::tanh(x / softcap);
         }
       for (index_t i = 0; i < r.Lq; ++i) {
-        float* row = &s[std::size_t(i * Lk)];
+        float* row = s.data() + i * Lk;  // (s may be empty when Lk = 0)
         float mx = -inf;
         for (index_t j = 0; j < Lk; ++j) mx = std::max(mx, row[j]);
         if (mx == -inf) continue;  // no allowed key: out 0, lse -inf
         float sum = 0.f;
         for (index_t j = 0; j < Lk; ++j) sum += (row[j] = std::exp(row[j] - mx));
         for (index_t j = 0; j < Lk; ++j) row[j] /= sum;
-        float* o = &r.out[std::size_t(((b * r.H + h) * r.Lq + i) * r.Dv)];
+        float* o = r.out.data() + ((b * r.H + h) * r.Lq + i) * r.Dv;
         for (index_t j = 0; j < Lk; ++j)
           for (index_t c = 0; c < r.Dv; ++c) o[c] += row[j] * v(b, hk, j, c);
         r.lse[std::size_t((b * r.H + h) * r.Lq + i)] = mx + std::log(sum);
