@@ -13,6 +13,8 @@
 #      (attnkit::isa_...) nor an xsimd arch tag: a translation unit built with other flags
 #      (the user's own, or another ISA's) can emit the same symbol;
 #  (b) a weak text symbol present in two objects of different ISA labels;
+#      Compiler-generated helpers (__clang_call_terminate) are allowed if their code is
+#      baseline x86-64;
 #  (c) instructions above the label: %ymm/%zmm in sse2 objects, %zmm in avx2 objects; and
 #      no %zmm at all in avx512 objects (the flags did not take effect). Always an error.
 # A finding of (a) or (b) is UNSAFE when the copy compiled for the higher ISA contains
@@ -35,6 +37,9 @@ IFS=',' read -r -a expect <<<"${3:-}"
 # Names that differ per ISA: an xsimd arch other than `generic` (shared by every ISA), or an
 # attnkit ISA namespace.
 distinct_re='attnkit::isa_|xsimd::(sse2|sse3|ssse3|sse4_1|sse4_2|fma3<|fma4|avx|avx2|avx512f|avx512cd|avx512dq|avx512bw|neon|neon64)([^_a-z0-9]|$)'
+# Compiler-generated helpers that every translation unit emits identically; allowed as long
+# as their code stays baseline x86-64 (checked).
+compiler_helper_re='^(__clang_call_terminate)$'
 # Instructions beyond baseline x86-64 (SSE2): VEX/EVEX encodings, BMI1/2, LZCNT, MOVBE,
 # POPCNT, and the SSE3..SSE4.2 mnemonics that exist without a v prefix.
 above_sse2_re='^(v|k)|^(andn|bextr|blsi|blsmsk|blsr|bzhi|mulx|pdep|pext|rorx|sarx|shlx|shrx|lzcnt|tzcnt|movbe|popcnt|crc32|lddqu|movddup|movs[hl]dup|h(add|sub)p[sd]|addsubp[sd]|pshufb|palignr|pabs[bwd]|psign[bwd]|phadd|phsub|pmaddubsw|pmulhrsw|ptest|pblendw|pblendvb|blendv?p[sd]|dpp[sd]|round[ps][sd]|insertps|extractps|pextr[bdq]|pinsr[bdq]|pmin[su][bdw]|pmax[su][bdw]|pmovsx|pmovzx|pmuldq|pmulld|pcmpeqq|pcmpgtq|packusdw|mpsadbw|phminposuw|movntdqa|pcmp[ei]str[im])'
@@ -96,6 +101,10 @@ for obj in "${objects[@]}"; do
   while IFS=$'\t' read -r mangled demangled; do
     [[ -n "$mangled" ]] || continue
     grep -Eq "$distinct_re" <<<"$demangled" && continue
+    if grep -Eq "$compiler_helper_re" <<<"$demangled"; then
+      why="$(uses_above sse2 "$obj" "$mangled")" && report 1 "(a) $base ($label): compiler helper uses $why: $demangled"
+      continue
+    fi
     unsafe=0 why=""
     if [[ "$label" != sse2 ]] && why="$(uses_above sse2 "$obj" "$mangled")"; then unsafe=1; fi
     report "$unsafe" "(a) $base ($label): weak code not keyed to an ISA${why:+, uses $why}: $demangled"
@@ -128,6 +137,7 @@ for ((i = 0; i < ${#checked[@]}; i++)); do
     if (($(rank "$li") < $(rank "$lj"))); then lo=$li hi_obj=$oj; else lo=$lj hi_obj=$oi; fi
     while read -r mangled; do
       [[ -n "$mangled" ]] || continue
+      grep -Eq "$compiler_helper_re" <<<"$mangled" && continue  # checked under (a)
       unsafe=0 why=""
       if why="$(uses_above "$lo" "$hi_obj" "$mangled")"; then unsafe=1; fi
       report "$unsafe" "(b) $(basename "$oi") and $(basename "$oj") share weak code${why:+ ($(basename "$hi_obj") copy uses $why)}: $("$CXXFILT" <<<"$mangled")"
