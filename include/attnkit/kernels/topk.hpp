@@ -8,12 +8,12 @@
 // scores and gathers their V rows.
 //
 // Ties go to the lower key index: keys arrive in increasing order, a key must beat the
-// threshold strictly, and the selection orders equal scores by key. Extra memory:
-// 64 lanes x (2 topk + 32) candidates per thread, never O(Lq x Lk).
+// threshold strictly, and the selection keeps the first of equal scores. Extra memory:
+// 64 lanes x (3 topk) candidates per thread, never O(Lq x Lk).
 #pragma once
 
-#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 
@@ -24,27 +24,22 @@ inline namespace ATTNKIT_ISA_NS {
 namespace detail {
 
 struct topk_consumer {
-  struct cand {
-    float s;
-    std::int64_t k;
-  };
-  // Better entry first: higher score, then lower key. A function object, so that the
-  // selection inlines it.
-  struct better {
-    bool operator()(const cand& x, const cand& y) const noexcept { return x.s > y.s || (x.s == y.s && x.k < y.k); }
-  };
-
   static constexpr int max_rank = 16;  // depth of the per-lane sample network
 
-  // A lane's buffer holds up to topk + slack candidates; when it fills, a selection keeps
-  // the best topk and the threshold becomes the worst kept score.
-  static std::int64_t capacity(std::int64_t topk) noexcept { return topk + (topk > 32 ? 2 * topk : 64); }
+  // A lane's buffer holds up to topk + slack candidates (padded to whole vectors); when it
+  // fills, a selection keeps the best topk and the threshold becomes the worst kept score.
+  template <class Arch>
+  static std::int64_t capacity(std::int64_t topk) noexcept {
+    constexpr std::int64_t W = dense_plan<Arch>::W;
+    const std::int64_t c = topk + (topk > 32 ? 2 * topk : 64);
+    return (c + W - 1) / W * W;
+  }
 
   template <class Arch>
   static std::int64_t scratch_floats(const dense_args& a, const dense_plan<Arch>&) noexcept {
-    // candidates [BQ][capacity] (4 floats each), counts [BQ] (int64), thresholds [BQ],
-    // sampled flags [BQ] (one float each), sample network [max_rank][BQ] (reused as one output row [v_dim])
-    return dense_plan<Arch>::BQ * (4 * capacity(a.topk) + 4 + max_rank) + a.v_dim;
+    // scores [BQ][cap], keys [BQ][cap] (int64), counts [BQ] (int64), thresholds [BQ],
+    // sampled flags [BQ], sample network [max_rank][BQ] (reused as one output row [v_dim])
+    return dense_plan<Arch>::BQ * (3 * capacity<Arch>(a.topk) + 4 + max_rank) + a.v_dim;
   }
 
   template <class Arch, int NV>
@@ -56,7 +51,8 @@ struct topk_consumer {
     const unit_coords& c;
     const std::int64_t cap;
     const int lanes;
-    cand* buf;            // [BQ][cap]
+    float* sc;            // [BQ][cap] candidate scores, in key order
+    std::int64_t* key;    // [BQ][cap] candidate keys, increasing
     std::int64_t* count;  // [BQ]
     float* thr;           // [BQ]: a score must exceed this to become a candidate
     bool* sampled;        // [BQ]: the lane's threshold came from samples
@@ -65,8 +61,9 @@ struct topk_consumer {
     bool rerun = false;
 
     unit(const dense_args& a_, const unit_coords& c_, float* ws) noexcept
-        : a(a_), c(c_), cap(capacity(a_.topk)), lanes(int(c_.nh * c_.nq)), buf(reinterpret_cast<cand*>(ws)),
-          count(reinterpret_cast<std::int64_t*>(ws + 4 * BQ * cap)), thr(ws + 4 * BQ * cap + 2 * BQ),
+        : a(a_), c(c_), cap(capacity<Arch>(a_.topk)), lanes(int(c_.nh * c_.nq)), sc(ws),
+          key(reinterpret_cast<std::int64_t*>(ws + BQ * cap)),
+          count(reinterpret_cast<std::int64_t*>(ws + 3 * BQ * cap)), thr(ws + 3 * BQ * cap + 2 * BQ),
           sampled(reinterpret_cast<bool*>(thr + BQ)), top(thr + 2 * BQ) {
       constexpr float inf = std::numeric_limits<float>::infinity();
       for (int x = 0; x < BQ; ++x) {
@@ -111,12 +108,47 @@ struct topk_consumer {
       }
     }
 
-    // Keeps the best topk of a lane's candidates in its first topk slots.
+    // Keeps the best topk of a lane's n candidates, in key order. The topk-th largest score t
+    // is found bit by bit on the order-preserving integer image of the floats (32 vector
+    // counting passes, no data-dependent branches); then every score > t stays, and of the
+    // scores == t the first ones (lowest keys) fill the rest.
     void select(int lane) noexcept {
-      cand* b = buf + lane * cap;
-      std::nth_element(b, b + (a.topk - 1), b + count[lane], better{});
-      count[lane] = a.topk;
-      thr[lane] = b[a.topk - 1].s;
+      float* s = sc + lane * cap;
+      std::int64_t* k = key + lane * cap;
+      const std::int64_t n = count[lane], need = a.topk;
+      const std::int64_t nvec = (n + W - 1) / W;
+      for (std::int64_t i = n; i < nvec * W; ++i) s[i] = std::numeric_limits<float>::quiet_NaN();  // never >= t
+      auto count_ge = [&](float t) {
+        const B tv(t);
+        std::int64_t cnt = 0;
+        for (std::int64_t v = 0; v < nvec; ++v) cnt += __builtin_popcount(simd::bitmask<Arch>(B::load_unaligned(s + v * W) >= tv));
+        return cnt;
+      };
+      std::uint32_t u = 0;  // image of t: the largest value with count_ge(t) >= need
+      for (int bit = 31; bit >= 0; --bit) {
+        const std::uint32_t trial = u | (1u << bit);
+        if (count_ge(from_ordered(trial)) >= need) u = trial;
+      }
+      const float t = from_ordered(u);
+      std::int64_t greater = 0;
+      for (std::int64_t i = 0; i < n; ++i) greater += s[i] > t;
+      std::int64_t equal_left = need - greater, m = 0;
+      for (std::int64_t i = 0; i < n; ++i) {
+        const bool keep = s[i] > t || (s[i] == t && equal_left-- > 0);
+        s[m] = s[i];
+        k[m] = k[i];
+        m += keep;
+      }
+      count[lane] = need;
+      thr[lane] = t;
+    }
+
+    // Order-preserving map between floats and uint32 (larger float, larger integer).
+    static float from_ordered(std::uint32_t u) noexcept {
+      const std::uint32_t bits = (u & 0x80000000u) ? (u ^ 0x80000000u) : ~u;
+      float f;
+      std::memcpy(&f, &bits, sizeof f);
+      return f;
     }
 
     void tile(float* st, std::int64_t k0, std::int64_t nk) noexcept {
@@ -128,7 +160,8 @@ struct topk_consumer {
           while (bits) {
             const int x = n * W + __builtin_ctz(bits);
             bits &= bits - 1;
-            buf[x * cap + count[x]] = cand{row[x], k0 + kk};
+            sc[x * cap + count[x]] = row[x];
+            key[x * cap + count[x]] = k0 + kk;
             if (++count[x] == cap) select(x);
           }
         }
@@ -169,15 +202,16 @@ struct topk_consumer {
           const int lane = int(hi * c.nq + r);
           if (count[lane] > a.topk) select(lane);
           const std::int64_t n = count[lane];
-          const cand* b = buf + lane * cap;
+          const float* s = sc + lane * cap;
+          const std::int64_t* k = key + lane * cap;
           float mx = minus_inf;
-          for (std::int64_t j = 0; j < n; ++j) mx = b[j].s > mx ? b[j].s : mx;
+          for (std::int64_t j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
           float* orow = a.out + c.b * a.o_sb + h * a.o_sh + (c.i0 + r) * a.o_ss;
           float sum = 0.f;
           for (std::int64_t j = 0; j < n; ++j) {
-            const float p = std::exp(b[j].s - mx);
+            const float p = std::exp(s[j] - mx);
             sum += p;
-            kernels::axpy<Arch>(p, vbase + b[j].k * a.v_ss, acc, dv, j == 0);
+            kernels::axpy<Arch>(p, vbase + k[j] * a.v_ss, acc, dv, j == 0);
           }
           float keep = 1.f;
           if (a.sinks) fold_sink(a.sinks[h], mx, sum, keep);
