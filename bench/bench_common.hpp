@@ -1,5 +1,5 @@
-// Shared pieces of attnkit's benchmark binary: run configuration, shapes, FLOP counting
-// and cached random inputs.
+// Shared pieces of attnkit's benchmark executables: run configuration, shapes, FLOP
+// counting, cached random inputs and the tail-row accuracy check.
 //
 // FLOPs count only the (query, key) pairs a mask allows (style.md F): one pair costs
 // 2 * qk_dim FLOPs for the score (multiply + add) and 2 * v_dim for P.V, i.e.
@@ -8,6 +8,8 @@
 // materialised Eigen baseline) is charged for them in time, not credited in FLOPs.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -15,6 +17,8 @@
 #include <string>
 #include <tuple>
 #include <vector>
+
+#include <attnkit/attnkit.hpp>
 
 namespace attnkit_bench {
 
@@ -96,7 +100,38 @@ inline const inputs& inputs_for(const shape& s) {
   return *slot;
 }
 
-/// Registers the dense benchmarks (bench_dense.cpp).
-void register_dense_benchmarks(const config& cfg);
+/// The last `rows` query rows of every (batch, query head) as a view with Lq = rows. With
+/// bottom-right alignment they keep their absolute positions (i + Lk - Lq), so a mask or a
+/// top-k selection sees them exactly as in the full call: the reference run on this view
+/// gives those rows of the full output, at a fraction of the cost.
+inline attnkit::tensor_view<const float> tail_queries(const shape& s, const inputs& in, std::int64_t rows) {
+  const std::int64_t first = s.q_len - rows, d = s.dim;
+  return attnkit::tensor_view<const float>(in.q.data() + first * d, {{s.batch, s.q_heads, rows, d}},
+                                           {{s.q_heads * s.q_len * d, s.q_len * d, d, 1}});
+}
+
+/// Max abs difference between the last ref.q_len query rows of `out` (contiguous
+/// [batch, q_heads, q_len, dim] of shape s) and a reference run on tail_queries(). NaN wins.
+inline double tail_error(const shape& s, const std::vector<float>& out, const attnkit::reference::result& ref) {
+  const std::int64_t rows = ref.q_len, first = s.q_len - rows, d = s.dim;
+  double e = 0;
+  for (std::int64_t b = 0; b < s.batch; ++b)
+    for (std::int64_t h = 0; h < s.q_heads; ++h)
+      for (std::int64_t i = 0; i < rows; ++i)
+        for (std::int64_t j = 0; j < d; ++j) {
+          const double x = out[std::size_t(((b * s.q_heads + h) * s.q_len + first + i) * d + j)];
+          const double di = std::abs(x - ref.o(b, h, i, j));
+          if (!(di <= e)) e = di;  // NaN propagates as the error
+        }
+  return e;
+}
+
+/// Median of a sample (0 if empty).
+inline double median_of(std::vector<double> x) {
+  if (x.empty()) return 0;
+  std::sort(x.begin(), x.end());
+  const std::size_t n = x.size();
+  return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
 
 }  // namespace attnkit_bench

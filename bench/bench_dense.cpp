@@ -28,6 +28,7 @@
 #include <attnkit/attnkit.hpp>
 
 #include "bench_common.hpp"
+#include "bench_report.hpp"
 
 namespace attnkit_bench {
 namespace {
@@ -93,7 +94,7 @@ void bm_peak_fma(benchmark::State& state, int threads) {
 // last `rows` query rows of every (batch, head) through the reference (bottom-right
 // alignment keeps their positions, so causal masking is the same), compared with the same
 // rows of a kernel's output. Computed once per (benchmark, shape) and cached.
-double tail_error(const std::string& key, const shape& s, const inputs& in, const std::vector<float>& out);
+double cached_tail_error(const std::string& key, const shape& s, const inputs& in, const std::vector<float>& out);
 
 // ---------------------------------------------------------------------------------------
 // attnkit::attention, static build (the ISA of this translation unit).
@@ -122,7 +123,7 @@ void bm_attnkit(benchmark::State& state, shape s, int threads) {
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
-  state.counters["err_tail"] = tail_error("attnkit", s, in, out);
+  state.counters["err_tail"] = cached_tail_error("attnkit", s, in, out);
   set_shape_counters(state, s);
   set_flops_counter(state, attention_flops(s));
 }
@@ -190,7 +191,7 @@ void bm_eigen_materialized(benchmark::State& state, shape s, int threads) {
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
-  state.counters["err_tail"] = tail_error("eigen", s, in, out);
+  state.counters["err_tail"] = cached_tail_error("eigen", s, in, out);
   set_shape_counters(state, s);
   set_flops_counter(state, attention_flops(s));
 }
@@ -216,30 +217,18 @@ double max_abs_error(const std::vector<float>& x, const attnkit::reference::resu
   return e;
 }
 
-double tail_error(const std::string& key, const shape& s, const inputs& in, const std::vector<float>& out) {
+double cached_tail_error(const std::string& key, const shape& s, const inputs& in, const std::vector<float>& out) {
   static std::map<std::string, double> cache;
   const std::string k = key + "/" + s.label();
   const auto it = cache.find(k);
   if (it != cache.end()) return it->second;
-  const std::int64_t rows = std::min<std::int64_t>(s.q_len, 64), first = s.q_len - rows, d = s.dim;
-  const attnkit::tensor_view<const float> q(in.q.data() + first * d, {{s.batch, s.q_heads, rows, d}},
-                                            {{s.q_heads * s.q_len * d, s.q_len * d, d, 1}});
-  const auto kv = attnkit::make_bhsd(in.k.data(), s.batch, s.kv_heads, s.kv_len, d);
-  const auto vv = attnkit::make_bhsd(in.v.data(), s.batch, s.kv_heads, s.kv_len, d);
+  const auto q = tail_queries(s, in, std::min<std::int64_t>(s.q_len, 64));
+  const auto kv = attnkit::make_bhsd(in.k.data(), s.batch, s.kv_heads, s.kv_len, s.dim);
+  const auto vv = attnkit::make_bhsd(in.v.data(), s.batch, s.kv_heads, s.kv_len, s.dim);
   const attnkit::reference::result ref = s.mask == mask_kind::causal
                                              ? attnkit::reference::attention(q, kv, vv, attnkit::causal{})
                                              : attnkit::reference::attention(q, kv, vv, attnkit::no_mask{});
-  double e = 0;
-  for (std::int64_t b = 0; b < s.batch; ++b)
-    for (std::int64_t h = 0; h < s.q_heads; ++h)
-      for (std::int64_t i = 0; i < rows; ++i)
-        for (std::int64_t j = 0; j < d; ++j) {
-          const double x = out[std::size_t(((b * s.q_heads + h) * s.q_len + first + i) * d + j)];
-          const double di = std::abs(x - ref.o(b, h, i, j));
-          if (!(di <= e)) e = di;
-        }
-  cache[k] = e;
-  return e;
+  return cache[k] = tail_error(s, out, ref);
 }
 
 void bm_reference(benchmark::State& state, shape s, int threads) {
@@ -260,10 +249,77 @@ void bm_reference(benchmark::State& state, shape s, int threads) {
   set_flops_counter(state, attention_flops(s));
 }
 
+// ---------------------------------------------------------------------------------------
+// Summary: two columns (ratio to the GEMM ceiling and to the Eigen baseline of the same
+// shape) and the acceptance of the foundation issue on the headline shape.
+
+std::string shape_of(const std::string& name) {
+  const auto slash = name.find('/');
+  return slash == std::string::npos ? std::string() : name.substr(slash + 1);
+}
+std::string family_of(const std::string& name) { return name.substr(0, name.find('/')); }
+
+const char* const gemm_name = "BM_gemm_eigen_2048";
+
+void describe_summary(suite& su) {
+  su.program = "attnkit_bench";
+  su.title = "attnkit benchmark";
+  su.legend =
+      "Time and GFLOP/s are medians over repetitions (real time); GFLOP/s counts allowed"
+      " query-key pairs only (4 * pairs * head_dim * q_heads * batch). max err: max |output - double"
+      " reference| over the last 64 query rows of every head.";
+  su.columns.push_back({"x GEMM 2048", [](const std::string&, const entry& e, const results& r) {
+                          const double g = r.gflops(gemm_name);
+                          return g > 0 ? fmt("%.2f", e.gflops_value() / g) : std::string("n/a");
+                        }});
+  su.columns.push_back({"x Eigen materialised", [](const std::string& name, const entry& e, const results& r) {
+                          const std::string fam = family_of(name);
+                          if (fam != "BM_attnkit" && fam != "BM_reference") return std::string("-");
+                          const double g = r.gflops("BM_eigen_materialized/" + shape_of(name));
+                          return g > 0 ? fmt("%.2f", e.gflops_value() / g) : std::string("n/a");
+                        }});
+
+  // Acceptance of the foundation issue, on the headline shape.
+  su.checks.push_back([](acceptance& acc, const results& r) {
+    const std::string head = headline_shape().label();
+    const double ak = r.gflops("BM_attnkit/" + head), gemm = r.gflops(gemm_name),
+                 eigen = r.gflops("BM_eigen_materialized/" + head);
+    acc.heading("Acceptance (headline shape " + head + ", same run):");
+    acc.at_least("attnkit / Eigen GEMM 2048^3", gemm > 0 ? ak / gemm : 0.0, 0.6);
+    acc.at_least("attnkit / Eigen materialised", eigen > 0 ? ak / eigen : 0.0, 2.0);
+
+    // Accuracy on the reference shape (design.md section 5: attnkit's error <= 2 x fp32's).
+    for (const std::string& name : r.order()) {
+      if (family_of(name) != "BM_reference" || !r.ok(name)) continue;
+      const entry& e = *r.ok(name);
+      const double a = e.counter("err_attnkit"), b = e.counter("err_eigen");
+      if (a < 0 || b < 0) continue;
+      const bool pass = a <= 2.0 * b;
+      acc.line("accuracy on " + shape_of(name) + ": max |attnkit - reference| = " + fmt("%.3g", a) +
+               ", max |Eigen fp32 - reference| = " + fmt("%.3g", b) + ": " + (pass ? "PASS" : "FAIL") +
+               " (attnkit <= 2 x Eigen)");
+      acc.count(pass);
+    }
+    // The same comparison on the last 64 query rows of every shape both kernels ran.
+    for (const std::string& name : r.order()) {
+      if (family_of(name) != "BM_attnkit") continue;
+      const entry* a = r.ok(name);
+      const entry* b = r.ok("BM_eigen_materialized/" + shape_of(name));
+      if (!a || !b) continue;
+      const double ea = a->counter("err_tail"), eb = b->counter("err_tail");
+      if (ea < 0 || eb < 0) continue;
+      acc.line("accuracy, last 64 rows of " + shape_of(name) + ": attnkit " + fmt("%.3g", ea) + ", Eigen fp32 " +
+               fmt("%.3g", eb) + ", ratio " + fmt("%.2f", eb > 0 ? ea / eb : 0.0) + ": " +
+               (ea <= 2.0 * eb ? "PASS" : "FAIL") + " (design bound 2x; informational)");
+    }
+  });
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
-void register_dense_benchmarks(const config& cfg) {
+void define_suite(const config& cfg, suite& su) {
+  describe_summary(su);
   const int t = cfg.threads;
   // The minimum time decides how many iterations one repetition runs: an iteration that
   // already takes longer runs once. --quick shortens it, so the big shapes run once and
@@ -272,8 +328,8 @@ void register_dense_benchmarks(const config& cfg) {
     b->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(cfg.quick ? 0.05 : min_time);
   };
 
-  timing(benchmark::RegisterBenchmark("BM_peak_fma", bm_peak_fma, t), 0.2);
-  timing(benchmark::RegisterBenchmark("BM_gemm_eigen_2048", bm_gemm_eigen, 2048, t), 1.0);
+  timing(su.add("BM_peak_fma", bm_peak_fma, t), 0.2);
+  timing(su.add(gemm_name, bm_gemm_eigen, 2048, t), 1.0);
 
   const shape headline = headline_shape();  // (a) batch 1, 32 q heads, 8 kv heads, d 128, seq 4096, causal
   shape nomask = headline;  // (b)
@@ -286,11 +342,10 @@ void register_dense_benchmarks(const config& cfg) {
   small.q_len = small.kv_len = 512;
 
   for (const shape& s : {headline, nomask, d64, small}) {
-    timing(benchmark::RegisterBenchmark(("BM_attnkit/" + s.label()).c_str(), bm_attnkit, s, t), 0.5);
-    timing(benchmark::RegisterBenchmark(("BM_eigen_materialized/" + s.label()).c_str(), bm_eigen_materialized, s, t),
-           0.5);
+    timing(su.add("BM_attnkit/" + s.label(), bm_attnkit, s, t), 0.5);
+    timing(su.add("BM_eigen_materialized/" + s.label(), bm_eigen_materialized, s, t), 0.5);
   }
-  timing(benchmark::RegisterBenchmark(("BM_reference/" + small.label()).c_str(), bm_reference, small, t), 0.1);
+  timing(su.add("BM_reference/" + small.label(), bm_reference, small, t), 0.1);
 }
 
 }  // namespace attnkit_bench

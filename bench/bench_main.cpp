@@ -1,16 +1,18 @@
-// attnkit_bench's main(): prints the machine context, runs the registered benchmarks
-// through Google Benchmark (every --benchmark_* flag works as usual), and ends with a
-// Markdown summary: per benchmark its median time and GFLOP/s, the ratio to the Eigen
-// 2048^3 GEMM of the same run and to the Eigen materialised baseline of the same shape,
-// plus the acceptance checks of the headline shape.
+// The main() of every attnkit benchmark executable: prints the machine context, lets the
+// suite linked into this executable register its benchmarks (define_suite, one suite file
+// per executable), runs them through Google Benchmark (every --benchmark_* flag works as
+// usual), and ends with the Markdown summary of bench_report.hpp: per benchmark its median
+// time and GFLOP/s plus the suite's own columns, then the suite's acceptance checks.
 //
 // Own options, removed from argv before Google Benchmark parses it:
-//   --quick          (or ATTNKIT_BENCH_QUICK=1) one repetition, 0.05 s minimum time: CI smoke
+//   --quick          (or ATTNKIT_BENCH_QUICK=1) one repetition, short minimum time: CI smoke
 //   --threads=N      threads for every threaded benchmark (default 2)
-// Defaults injected unless given on the command line: --benchmark_repetitions=3 (1 with
-// --quick) and --benchmark_display_aggregates_only=true.
+// Defaults injected unless given on the command line: --benchmark_repetitions=<the suite's,
+// 3 for both suites> (1 with --quick), --benchmark_display_aggregates_only=true and, for
+// suites that ask for it, --benchmark_enable_random_interleaving=true.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -28,8 +30,53 @@
 #include <attnkit/attnkit.hpp>
 
 #include "bench_common.hpp"
+#include "bench_report.hpp"
 
 namespace attnkit_bench {
+
+double entry::ms_value() const { return has_median ? median_ms : median_of(ms); }
+double entry::gflops_value() const { return has_median ? median_gflops : median_of(gflops); }
+
+void results::sort_by(const std::vector<std::string>& preferred) {
+  std::vector<std::string> sorted;
+  for (const std::string& name : preferred)
+    if (entries_.count(name) && std::find(sorted.begin(), sorted.end(), name) == sorted.end()) sorted.push_back(name);
+  for (const std::string& name : order_)
+    if (std::find(sorted.begin(), sorted.end(), name) == sorted.end()) sorted.push_back(name);
+  order_.swap(sorted);
+}
+
+std::string fmt(const char* f, double x) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, x);
+  return buf;
+}
+
+namespace {
+
+/// A bound as written by hand: 0.6, 2.0, 0.151, 1.25 (at most 3 decimals, at least 1).
+std::string fmt_bound(double x) {
+  std::string s = fmt("%.3f", x);
+  while (s.size() > 1 && s.back() == '0' && s[s.size() - 2] != '.') s.pop_back();
+  return s;
+}
+
+}  // namespace
+
+void acceptance::check(const std::string& what, double value, const char* op, double bound, const std::string& note) {
+  os_ << "- " << what << ": ";
+  if (!(value > 0) || !std::isfinite(value) || !(bound > 0) || !std::isfinite(bound)) {
+    os_ << "n/a (not run)\n";
+    ++missing_;
+    return;
+  }
+  const bool pass = op[0] == '<' ? value <= bound : value >= bound;
+  os_ << fmt("%.3f", value) << " " << op << " " << fmt_bound(bound) << " " << (pass ? "PASS" : "FAIL");
+  if (!note.empty()) os_ << " (" << note << ")";
+  os_ << "\n";
+  count(pass);
+}
+
 namespace {
 
 std::string cpu_model() {
@@ -57,27 +104,6 @@ double to_ms(double t, benchmark::TimeUnit unit) {
   return t;
 }
 
-double median_of(std::vector<double> x) {
-  if (x.empty()) return 0;
-  std::sort(x.begin(), x.end());
-  const std::size_t n = x.size();
-  return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}
-
-/// What the summary keeps of one benchmark (all its repetitions).
-struct entry {
-  std::vector<double> ms, gflops;        // per repetition (only if the display reporter saw them)
-  bool has_median = false;
-  double median_ms = 0, median_gflops = 0;
-  double cv_percent = -1;                // coefficient of variation of the real time
-  std::int64_t repetitions = 1;
-  std::string error;
-  std::map<std::string, double> counters;  // medians (or single-run values) of other counters
-
-  double ms_value() const { return has_median ? median_ms : median_of(ms); }
-  double gflops_value() const { return has_median ? median_gflops : median_of(gflops); }
-};
-
 /// Wraps the display reporter Google Benchmark would have used (console by default, or
 /// whatever --benchmark_format asks for) and records every result it forwards.
 class collecting_reporter : public benchmark::BenchmarkReporter {
@@ -93,18 +119,13 @@ class collecting_reporter : public benchmark::BenchmarkReporter {
 
   void Finalize() override { inner_->Finalize(); }
 
-  const std::vector<std::string>& order() const { return order_; }
-  const entry* find(const std::string& name) const {
-    const auto it = entries_.find(name);
-    return it == entries_.end() ? nullptr : &it->second;
-  }
+  results& collected() { return results_; }
 
  private:
   void record(const Run& r) {
     const std::string name = r.run_name.function_name;
     if (name.empty() || r.report_big_o || r.report_rms) return;
-    if (!entries_.count(name)) order_.push_back(name);
-    entry& e = entries_[name];
+    entry& e = results_.slot(name);
     if (r.error_occurred) {
       e.error = r.error_message.empty() ? "error" : r.error_message;
       return;
@@ -128,100 +149,39 @@ class collecting_reporter : public benchmark::BenchmarkReporter {
   }
 
   benchmark::BenchmarkReporter* inner_;
-  std::vector<std::string> order_;
-  std::map<std::string, entry> entries_;
+  results results_;
 };
 
-std::string fmt(const char* f, double x) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, f, x);
-  return buf;
-}
-
-void print_summary(std::ostream& os, const collecting_reporter& rep, const config& cfg, double wall_s) {
-  if (rep.order().empty()) return;
-  const std::string gemm_name = "BM_gemm_eigen_2048";
-  const entry* gemm = rep.find(gemm_name);
-  const double gemm_gf = gemm && gemm->error.empty() ? gemm->gflops_value() : 0.0;
-
-  auto shape_of = [](const std::string& name) {
-    const auto slash = name.find('/');
-    return slash == std::string::npos ? std::string() : name.substr(slash + 1);
-  };
-  auto family_of = [](const std::string& name) { return name.substr(0, name.find('/')); };
-  auto eigen_gf = [&](const std::string& shape_label) -> double {
-    const entry* e = rep.find("BM_eigen_materialized/" + shape_label);
-    return e && e->error.empty() ? e->gflops_value() : 0.0;
-  };
-
-  os << "\n## attnkit benchmark summary\n\n";
-  os << "ISA " << attnkit::backend_name() << ", " << cfg.threads << " threads, CPU " << cpu_model()
-     << ". Time and GFLOP/s are medians over repetitions (real time); GFLOP/s counts allowed"
-        " query-key pairs only (4 * pairs * head_dim * q_heads * batch). max err: max |output - double"
-        " reference| over the last 64 query rows of every head.\n\n";
-  os << "| benchmark | time (ms) | GFLOP/s | x GEMM 2048 | x Eigen materialised | runs | cv % | max err |\n";
-  os << "|---|---:|---:|---:|---:|---:|---:|---:|\n";
-  for (const std::string& name : rep.order()) {
-    const entry& e = *rep.find(name);
-    if (!e.error.empty()) {
-      os << "| " << name << " | error: " << e.error << " | | | | | | |\n";
+void print_summary(std::ostream& os, const results& res, const suite& s, const config& cfg, double wall_s) {
+  if (res.order().empty()) return;
+  os << "\n## " << s.title << " summary\n\n";
+  os << "ISA " << attnkit::backend_name() << ", " << cfg.threads << " threads, CPU " << cpu_model() << ".";
+  if (!s.legend.empty()) os << " " << s.legend;
+  os << "\n\n| benchmark | time (ms) | GFLOP/s |";
+  for (const column& c : s.columns) os << " " << c.header << " |";
+  os << " runs | cv % | max err |\n|---|---:|---:|";
+  for (std::size_t i = 0; i < s.columns.size(); ++i) os << "---:|";
+  os << "---:|---:|---:|\n";
+  for (const std::string& name : res.order()) {
+    const entry& e = *res.find(name);
+    if (!e.ok()) {
+      os << "| " << name << " | error: " << e.error << " |";
+      for (std::size_t i = 0; i < 4 + s.columns.size(); ++i) os << " |";
+      os << "\n";
       continue;
     }
-    const double gf = e.gflops_value();
-    const std::string fam = family_of(name);
-    std::string vs_gemm = gemm_gf > 0 ? fmt("%.2f", gf / gemm_gf) : "n/a";
-    std::string vs_eigen = "-";
-    if (fam == "BM_attnkit" || fam == "BM_reference") {
-      const double eg = eigen_gf(shape_of(name));
-      vs_eigen = eg > 0 ? fmt("%.2f", gf / eg) : "n/a";
-    }
-    const std::int64_t runs = e.has_median ? e.repetitions : std::int64_t(e.ms.size());
-    const auto err = e.counters.find("err_tail");
-    os << "| " << name << " | " << fmt("%.2f", e.ms_value()) << " | " << fmt("%.1f", gf) << " | " << vs_gemm << " | "
-       << vs_eigen << " | " << runs << " | " << (e.cv_percent >= 0 ? fmt("%.1f", e.cv_percent) : "-") << " | "
-       << (err != e.counters.end() ? fmt("%.2g", err->second) : "-") << " |\n";
+    os << "| " << name << " | " << fmt("%.2f", e.ms_value()) << " | " << fmt("%.1f", e.gflops_value()) << " |";
+    for (const column& c : s.columns) os << " " << c.cell(name, e, res) << " |";
+    const double err = e.counter("err_tail");
+    os << " " << e.runs() << " | " << (e.cv_percent >= 0 ? fmt("%.1f", e.cv_percent) : "-") << " | "
+       << (err >= 0 ? fmt("%.2g", err) : "-") << " |\n";
   }
 
-  // Acceptance of the foundation issue, on the headline shape.
-  const std::string head = headline_shape().label();
-  const entry* ak = rep.find("BM_attnkit/" + head);
-  const double ak_gf = ak && ak->error.empty() ? ak->gflops_value() : 0.0;
-  const double eg = eigen_gf(head);
-  os << "\nAcceptance (headline shape " << head << ", same run):\n\n";
-  auto check = [&os](const char* what, double num, double den, double bound) {
-    os << "- " << what << ": ";
-    if (num > 0 && den > 0) {
-      const double r = num / den;
-      os << fmt("%.3f", r) << " >= " << fmt("%.1f", bound) << " " << (r >= bound ? "PASS" : "FAIL") << "\n";
-    } else {
-      os << "n/a (not run)\n";
-    }
-  };
-  check("attnkit / Eigen GEMM 2048^3", ak_gf, gemm_gf, 0.6);
-  check("attnkit / Eigen materialised", ak_gf, eg, 2.0);
-
-  // Accuracy on the reference shape (design.md section 5: attnkit's error <= 2 x fp32's).
-  for (const std::string& name : rep.order()) {
-    if (family_of(name) != "BM_reference") continue;
-    const entry& e = *rep.find(name);
-    const auto a = e.counters.find("err_attnkit"), b = e.counters.find("err_eigen");
-    if (a == e.counters.end() || b == e.counters.end()) continue;
-    os << "- accuracy on " << shape_of(name) << ": max |attnkit - reference| = " << fmt("%.3g", a->second)
-       << ", max |Eigen fp32 - reference| = " << fmt("%.3g", b->second) << ": "
-       << (a->second <= 2.0 * b->second ? "PASS" : "FAIL") << " (attnkit <= 2 x Eigen)\n";
-  }
-  // The same comparison on the last 64 query rows of every shape both kernels ran.
-  for (const std::string& name : rep.order()) {
-    if (family_of(name) != "BM_attnkit") continue;
-    const entry* a = rep.find(name);
-    const entry* b = rep.find("BM_eigen_materialized/" + shape_of(name));
-    if (!b || !a->error.empty() || !b->error.empty()) continue;
-    const auto ea = a->counters.find("err_tail"), eb = b->counters.find("err_tail");
-    if (ea == a->counters.end() || eb == b->counters.end()) continue;
-    os << "- accuracy, last 64 rows of " << shape_of(name) << ": attnkit " << fmt("%.3g", ea->second) << ", Eigen fp32 "
-       << fmt("%.3g", eb->second) << ", ratio " << fmt("%.2f", eb->second > 0 ? ea->second / eb->second : 0.0) << ": "
-       << (ea->second <= 2.0 * eb->second ? "PASS" : "FAIL") << " (design bound 2x; informational)\n";
-  }
+  acceptance acc(os);
+  for (const auto& section : s.checks) section(acc, res);
+  if (acc.passed() + acc.failed() + acc.missing() > 0)
+    os << "\nAcceptance tally: " << acc.passed() << " PASS, " << acc.failed() << " FAIL, " << acc.missing()
+       << " n/a.\n";
   os << "\nTotal run time " << fmt("%.1f", wall_s) << " s.\n";
 }
 
@@ -250,19 +210,27 @@ int main(int argc, char** argv) {
     } else if (std::strncmp(argv[i], "--threads=", 10) == 0) {
       cfg.threads = std::atoi(argv[i] + 10);
       if (cfg.threads < 1) {
-        std::fprintf(stderr, "attnkit_bench: --threads must be >= 1\n");
+        std::fprintf(stderr, "%s: --threads must be >= 1\n", argv[0]);
         return 1;
       }
     } else {
       args.push_back(argv[i]);
     }
   }
-  static char reps_default[] = "--benchmark_repetitions=3";
-  static char reps_quick[] = "--benchmark_repetitions=1";
+
+  suite s;
+  define_suite(cfg, s);
+
+  // Defaults, unless given on the command line (strings must outlive Initialize).
+  static std::string reps;
+  reps = "--benchmark_repetitions=" + std::to_string(cfg.quick ? 1 : s.repetitions);
   static char aggregates_only[] = "--benchmark_display_aggregates_only=true";
-  if (!has_flag(args, "--benchmark_repetitions")) args.insert(args.begin() + 1, cfg.quick ? reps_quick : reps_default);
+  static char interleave[] = "--benchmark_enable_random_interleaving=true";
+  if (!has_flag(args, "--benchmark_repetitions")) args.insert(args.begin() + 1, &reps[0]);
   if (!has_flag(args, "--benchmark_display_aggregates_only") && !has_flag(args, "--benchmark_report_aggregates_only"))
     args.insert(args.begin() + 1, aggregates_only);
+  if (s.interleave && !has_flag(args, "--benchmark_enable_random_interleaving"))
+    args.insert(args.begin() + 1, interleave);
   int bargc = int(args.size());
   args.push_back(nullptr);
 
@@ -274,18 +242,18 @@ int main(int argc, char** argv) {
   const bool console = dynamic_cast<benchmark::ConsoleReporter*>(inner) != nullptr;
   std::ostream& text = console ? std::cout : std::cerr;
 
-  text << "attnkit_bench: ISA " << attnkit::backend_name() << ", " << cfg.threads << " threads (OpenMP max "
+  text << s.program << ": ISA " << attnkit::backend_name() << ", " << cfg.threads << " threads (OpenMP max "
        << omp_get_max_threads() << "), CPU " << cpu_model() << (cfg.quick ? ", quick mode" : "") << std::endl;
   benchmark::AddCustomContext("attnkit_isa", attnkit::backend_name());
   benchmark::AddCustomContext("attnkit_threads", std::to_string(cfg.threads));
   benchmark::AddCustomContext("cpu_model", cpu_model());
-  register_dense_benchmarks(cfg);
 
   collecting_reporter reporter(inner);
   benchmark::RunSpecifiedBenchmarks(&reporter);
 
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  print_summary(text, reporter, cfg, wall);
+  reporter.collected().sort_by(s.registered);
+  print_summary(text, reporter.collected(), s, cfg, wall);
   benchmark::Shutdown();
   return 0;
 }
