@@ -398,8 +398,10 @@ void define_suite(const config& cfg, suite& su) {
   self_check_pair_counts();
   describe_summary(su, cfg);
   // Repetitions are randomly interleaved across benchmarks, so a slow spell of the shared
-  // machine spreads over all of them instead of biasing one ratio.
+  // machine spreads over all of them instead of biasing one ratio; five of them, because
+  // the checks compare medians of two benchmarks against bounds only ~10% away.
   su.interleave = true;
+  su.repetitions = 5;
   // An iteration of the 16k dense runs takes longer than the minimum time, so they run one
   // iteration per repetition; the sparse ones a few.
   const double min_time = cfg.quick ? 0.05 : 0.5;
