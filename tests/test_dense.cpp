@@ -256,6 +256,31 @@ TEST_CASE("dense: long key sequence (4096 keys, head_dim 128)", "[dense][slow]")
   }
 }
 
+TEST_CASE("dense: query groups wider than a work unit, and head_dim 512", "[dense]") {
+  // 40 query heads per KV head: more heads than lanes on SSE2 and AVX2 (12 and 24), so a
+  // group is split into head sub-groups with a ragged last one.
+  ATTNKIT_TEST_FOR_EACH_ISA();
+  for (mask_kind m : kMasks) {
+    dense_case c;
+    c.q_heads = 80, c.kv_heads = 2, c.q_len = 3, c.kv_len = 150, c.dim = 24, c.mask = m, c.seed = 40;
+    check_dense_case(c, isa);
+    dense_case d;
+    d.q_heads = 2, d.kv_heads = 1, d.q_len = 13, d.kv_len = 140, d.dim = 512, d.v_dim = 300, d.mask = m, d.seed = 512;
+    check_dense_case(d, isa);
+  }
+}
+
+TEST_CASE("dense: decode-like shapes over a long cache (1 and 2 queries, 20000 keys)", "[dense]") {
+  ATTNKIT_TEST_FOR_EACH_ISA();
+  for (index_t lq : {1, 2})
+    for (mask_kind m : kMasks) {
+      dense_case c;
+      c.batch = 2, c.q_heads = 8, c.kv_heads = 2, c.q_len = lq, c.kv_len = 20000, c.dim = 64, c.mask = m;
+      c.seed = std::uint32_t(lq);
+      check_dense_case(c, isa);
+    }
+}
+
 TEST_CASE("dense: empty problems", "[dense][edge]") {
   ATTNKIT_TEST_FOR_EACH_ISA();
   SECTION("no keys: every row is fully masked") {
