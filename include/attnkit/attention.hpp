@@ -120,7 +120,11 @@ void topk_attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const te
                     const attention_options& options = {}, const tensor_view<float>& lse = {}) {
   dense_args a = detail::flash_args("topk_attention", q, k, v, out, mask, options, lse);
   if (topk < 1) detail::fail("topk_attention", "argument 'topk' must be >= 1, got " + std::to_string(topk));
-  a.topk = topk < a.kv_len ? topk : (a.kv_len > 0 ? a.kv_len : 1);
+  if (topk >= a.kv_len) {  // every allowed key is kept: exactly dense attention
+    ATTNKIT_DISPATCH(dense_forward, a, mask);
+    return;
+  }
+  a.topk = topk;
   ATTNKIT_DISPATCH(topk_forward, a, mask);
 }
 
