@@ -59,6 +59,42 @@ void check_shape(const char* fn, const char* name, const tensor_view<T>& t, cons
   }
 }
 
+/// True when no two elements of the view share memory (a sufficient test: ordered by
+/// stride, each axis with more than one element steps past the whole extent of the
+/// previous ones).
+template <class T>
+bool is_unique(const tensor_view<T>& t) {
+  index_t stride[4], extent[4];
+  int n = 0;
+  for (int r = 0; r < 4; ++r)
+    if (t.extent(r) > 1) {
+      int i = n++;
+      while (i > 0 && stride[i - 1] > t.stride(r)) {
+        stride[i] = stride[i - 1];
+        extent[i] = extent[i - 1];
+        --i;
+      }
+      stride[i] = t.stride(r);
+      extent[i] = t.extent(r);
+    }
+  index_t span = 1;  // elements covered by the axes so far
+  for (int i = 0; i < n; ++i) {
+    if (stride[i] < span) return false;
+    span = stride[i] * (extent[i] - 1) + span;
+  }
+  return true;
+}
+
+template <class T>
+void check_unique(const char* fn, const char* name, const tensor_view<T>& t) {
+  if (!is_unique(t)) {
+    std::ostringstream s;
+    s << "output '" << name << "' " << shape_str(t) << " with strides [" << t.stride(0) << ", " << t.stride(1) << ", "
+      << t.stride(2) << ", " << t.stride(3) << "] maps several elements to the same memory";
+    fail(fn, s.str());
+  }
+}
+
 template <class T, class U>
 bool overlaps(const tensor_view<T>& a, const tensor_view<U>& b) {
   if (a.size() == 0 || b.size() == 0) return false;
@@ -118,6 +154,7 @@ dense_problem check_dense(const char* fn, const tensor_view<TQ>& q, const tensor
   if (out) {
     check_view(fn, "out", *out);
     check_shape(fn, "out", *out, {{q.batch(), q.heads(), q.seq(), v.dim()}}, "batch, heads and seq of q, dim of v");
+    check_unique(fn, "out", *out);
     check_no_alias(fn, "out", *out, "q", q);
     check_no_alias(fn, "out", *out, "k", k);
     check_no_alias(fn, "out", *out, "v", v);
@@ -125,6 +162,7 @@ dense_problem check_dense(const char* fn, const tensor_view<TQ>& q, const tensor
   if (!lse.empty() || lse.data_handle() != nullptr) {
     check_view(fn, "lse", lse);
     check_shape(fn, "lse", lse, {{q.batch(), q.heads(), q.seq(), 1}}, "batch, heads and seq of q, then 1");
+    check_unique(fn, "lse", lse);
     check_no_alias(fn, "lse", lse, "q", q);
     check_no_alias(fn, "lse", lse, "k", k);
     check_no_alias(fn, "lse", lse, "v", v);
