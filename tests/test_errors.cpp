@@ -266,6 +266,22 @@ TEST_CASE("errors: out aliases q, k or v", "[errors]") {
   }
 }
 
+TEST_CASE("errors: an output whose elements share memory", "[errors]") {
+  problem p;
+  SECTION("out with a zero head stride") {
+    p.out = tensor_view<float>(p.ob.data(), {{2, 4, 9, 7}}, {{4 * 9 * 7, 0, 7, 1}});
+    expect_error(p, {"'out'", "[2, 4, 9, 7]", "strides [252, 0, 7, 1]", "same memory"}, also_reference::no);
+  }
+  SECTION("out rows closer than dim") {
+    p.out = tensor_view<float>(p.ob.data(), {{2, 4, 9, 7}}, {{4 * 9 * 6, 9 * 6, 6, 1}});
+    expect_error(p, {"'out'", "same memory"}, also_reference::no);
+  }
+  SECTION("lse with a zero seq stride") {
+    p.lse = tensor_view<float>(p.lb.data(), {{2, 4, 9, 1}}, {{4 * 9, 9, 0, 1}});
+    expect_error(p, {"'lse'", "same memory"}, also_reference::no);
+  }
+}
+
 TEST_CASE("errors: lse aliases out, q, k or v", "[errors]") {
   problem p;
   SECTION("out") {
