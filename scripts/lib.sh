@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 # Shared helpers for scripts/test and scripts/bench. Source it; do not run it.
 #
 #   ATTNKIT_ROOT                 the repository root (from this file's location)
