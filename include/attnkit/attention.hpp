@@ -8,6 +8,7 @@
 #include "core/tensor_view.hpp"
 #include "core/validate.hpp"
 #include "dispatch/isa.hpp"
+#include "mask/check.hpp"
 #include "mask/masks.hpp"
 #include "mask/policy.hpp"
 #include "mask/score.hpp"
@@ -65,7 +66,7 @@ dense_args flash_args(const char* fn, const tensor_view<TQ>& q, const tensor_vie
                 "attnkit: q, k and v must be float views (bf16/fp16 K/V come with the decode path)");
   static_assert(is_mask<Mask>::value, "attnkit: argument 'mask' must be a mask (see mask/masks.hpp)");
   const auto p = check_dense(fn, q, k, v, &out, lse, options);
-  mask.check(mask_problem{p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len});
+  check_mask(fn, mask, mask_problem{p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len});
   dense_args a;
   a.q = q.data_handle();
   a.q_sb = q.stride(0), a.q_sh = q.stride(1), a.q_ss = q.stride(2);
@@ -119,7 +120,7 @@ void topk_attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const te
                     const tensor_view<float>& out, std::int64_t topk, const Mask& mask = {},
                     const attention_options& options = {}, const tensor_view<float>& lse = {}) {
   dense_args a = detail::flash_args("topk_attention", q, k, v, out, mask, options, lse);
-  if (topk < 1) detail::fail("topk_attention", "argument 'topk' must be >= 1, got " + std::to_string(topk));
+  if (topk < 1) detail::fail("topk_attention", detail::message() << "argument 'topk' must be >= 1, got " << topk);
   if (topk >= a.kv_len) {  // every allowed key is kept: exactly dense attention
     ATTNKIT_DISPATCH(dense_forward, a, mask);
     return;
@@ -138,9 +139,9 @@ void block_topk_attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, co
                           const tensor_view<float>& out, std::int64_t block, std::int64_t topk_blocks,
                           const attention_options& options = {}, const tensor_view<float>& lse = {}) {
   dense_args a = detail::flash_args("block_topk_attention", q, k, v, out, causal{}, options, lse);
-  if (block < 1) detail::fail("block_topk_attention", "argument 'block' must be >= 1, got " + std::to_string(block));
+  if (block < 1) detail::fail("block_topk_attention", detail::message() << "argument 'block' must be >= 1, got " << block);
   if (topk_blocks < 0)
-    detail::fail("block_topk_attention", "argument 'topk_blocks' must be >= 0, got " + std::to_string(topk_blocks));
+    detail::fail("block_topk_attention", detail::message() << "argument 'topk_blocks' must be >= 0, got " << topk_blocks);
   a.block = block;
   const std::int64_t past_max = a.kv_len / block;  // no query can select more blocks than this
   a.topk = topk_blocks < past_max ? topk_blocks : past_max;

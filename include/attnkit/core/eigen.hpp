@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "error.hpp"
+#include "message.hpp"
 #include "tensor_view.hpp"
 
 namespace attnkit {
@@ -24,8 +25,8 @@ auto view_of(Matrix&& m, index_t heads) {
                 "attnkit::view_of: only float matrices are supported");
   const index_t cols = static_cast<index_t>(m.cols());
   if (heads < 1 || cols % heads != 0)
-    throw error("attnkit::view_of: argument 'heads' (" + std::to_string(heads) +
-                ") must be >= 1 and divide the matrix's columns (" + std::to_string(cols) + ")");
+    detail::fail("view_of", detail::message() << "argument 'heads' (" << heads
+                                              << ") must be >= 1 and divide the matrix's columns (" << cols << ")");
   const index_t dim = cols / heads;
   const index_t rows = static_cast<index_t>(m.rows());
   const index_t ld = static_cast<index_t>(m.outerStride());

@@ -12,6 +12,8 @@ namespace attnkit {
 
 class error : public std::invalid_argument {
  public:
+  // The const char* constructor is the one attnkit uses (see core/message.hpp).
+  explicit error(const char* what) : std::invalid_argument(what) {}
   explicit error(const std::string& what) : std::invalid_argument(what) {}
 };
 

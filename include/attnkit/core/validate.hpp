@@ -1,15 +1,15 @@
 // Argument checks shared by attnkit::attention and attnkit::reference.
 //
 // Every public entry calls these before any work, so kernels can assume valid shapes.
-// Messages name the entry, the argument, and the expected and actual shapes.
+// Messages name the entry, the argument, and the expected and actual shapes. They are
+// built without std::string (see Note [Messages and ISA flags] in core/message.hpp).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
-#include <sstream>
-#include <string>
 
 #include "error.hpp"
+#include "message.hpp"
 #include "options.hpp"
 #include "tensor_view.hpp"
 
@@ -17,46 +17,28 @@ namespace attnkit {
 inline namespace ATTNKIT_ISA_NS {
 namespace detail {
 
-template <class T>
-std::string shape_str(const tensor_view<T>& t) {
-  std::ostringstream s;
-  s << '[' << t.extent(0) << ", " << t.extent(1) << ", " << t.extent(2) << ", " << t.extent(3) << ']';
-  return s.str();
-}
-
-[[noreturn]] inline void fail(const char* fn, const std::string& msg) {
-  throw error(std::string("attnkit::") + fn + ": " + msg);
-}
-
 /// Extents and strides non-negative, data present when non-empty, unit dim stride.
 template <class T>
 void check_view(const char* fn, const char* name, const tensor_view<T>& t) {
   for (int r = 0; r < 4; ++r) {
-    if (t.extent(r) < 0 || t.stride(r) < 0) {
-      std::ostringstream s;
-      s << "argument '" << name << "' has a negative extent or stride: shape " << shape_str(t)
-        << ", strides [" << t.stride(0) << ", " << t.stride(1) << ", " << t.stride(2) << ", "
-        << t.stride(3) << "]";
-      fail(fn, s.str());
-    }
+    if (t.extent(r) < 0 || t.stride(r) < 0)
+      fail(fn, message() << "argument '" << name << "' has a negative extent or stride: shape " << t.extents()
+                         << ", strides " << t.strides());
   }
   if (t.size() > 0 && t.data_handle() == nullptr)
-    fail(fn, std::string("argument '") + name + "' has null data but shape " + shape_str(t));
+    fail(fn, message() << "argument '" << name << "' has null data but shape " << t.extents());
   if (t.extent(3) > 1 && t.stride(3) != 1)
-    fail(fn, std::string("argument '") + name + "' must have unit stride along dim (axis 3), got stride " +
-                 std::to_string(t.stride(3)) + " for shape " + shape_str(t));
+    fail(fn, message() << "argument '" << name << "' must have unit stride along dim (axis 3), got stride "
+                       << t.stride(3) << " for shape " << t.extents());
 }
 
 /// Expects `t` to have exactly `want` as its shape.
 template <class T>
 void check_shape(const char* fn, const char* name, const tensor_view<T>& t, const std::array<index_t, 4>& want,
                  const char* why) {
-  if (t.extents() != want) {
-    std::ostringstream s;
-    s << "argument '" << name << "' has shape " << shape_str(t) << ", expected [" << want[0] << ", " << want[1]
-      << ", " << want[2] << ", " << want[3] << "] (" << why << ")";
-    fail(fn, s.str());
-  }
+  if (t.extents() != want)
+    fail(fn, message() << "argument '" << name << "' has shape " << t.extents() << ", expected " << want << " ("
+                       << why << ")");
 }
 
 /// True when no two elements of the view share memory (a sufficient test: ordered by
@@ -87,12 +69,9 @@ bool is_unique(const tensor_view<T>& t) {
 
 template <class T>
 void check_unique(const char* fn, const char* name, const tensor_view<T>& t) {
-  if (!is_unique(t)) {
-    std::ostringstream s;
-    s << "output '" << name << "' " << shape_str(t) << " with strides [" << t.stride(0) << ", " << t.stride(1) << ", "
-      << t.stride(2) << ", " << t.stride(3) << "] maps several elements to the same memory";
-    fail(fn, s.str());
-  }
+  if (!is_unique(t))
+    fail(fn, message() << "output '" << name << "' " << t.extents() << " with strides " << t.strides()
+                       << " maps several elements to the same memory");
 }
 
 template <class T, class U>
@@ -109,8 +88,8 @@ template <class T, class U>
 void check_no_alias(const char* fn, const char* out_name, const tensor_view<T>& out, const char* in_name,
                     const tensor_view<U>& in) {
   if (overlaps(out, in))
-    fail(fn, std::string("output '") + out_name + "' " + shape_str(out) + " overlaps input '" + in_name + "' " +
-                 shape_str(in) + " in memory; outputs must not alias inputs");
+    fail(fn, message() << "output '" << out_name << "' " << out.extents() << " overlaps input '" << in_name << "' "
+                       << in.extents() << " in memory; outputs must not alias inputs");
 }
 
 /// Sizes of a dense attention problem after validation.
@@ -127,29 +106,31 @@ dense_problem check_dense(const char* fn, const tensor_view<TQ>& q, const tensor
   check_view(fn, "q", q);
   check_view(fn, "k", k);
   check_view(fn, "v", v);
-  const std::string qs = " (q is " + shape_str(q) + ", k is " + shape_str(k) + ", v is " + shape_str(v) + ")";
-  if (k.batch() != q.batch() || v.batch() != q.batch())
-    fail(fn, "batch of 'k' and 'v' must equal batch of 'q'" + qs);
-  if (k.heads() != v.heads()) fail(fn, "heads of 'k' and 'v' must be equal" + qs);
-  if (k.heads() < 1 && q.heads() > 0) fail(fn, "'k' must have at least one head" + qs);
+  // Each shape error names the three inputs' shapes.
+  auto shapes = [&](const char* what) {
+    return message() << what << " (q is " << q.extents() << ", k is " << k.extents() << ", v is " << v.extents()
+                     << ")";
+  };
+  if (k.batch() != q.batch() || v.batch() != q.batch()) fail(fn, shapes("batch of 'k' and 'v' must equal batch of 'q'"));
+  if (k.heads() != v.heads()) fail(fn, shapes("heads of 'k' and 'v' must be equal"));
+  if (k.heads() < 1 && q.heads() > 0) fail(fn, shapes("'k' must have at least one head"));
   if (k.heads() > 0 && q.heads() % k.heads() != 0)
-    fail(fn, "heads of 'q' must be a multiple of heads of 'k' (grouped-query attention)" + qs);
-  if (k.seq() != v.seq()) fail(fn, "seq of 'k' and 'v' must be equal" + qs);
-  if (k.dim() != q.dim()) fail(fn, "dim of 'k' must equal dim of 'q'" + qs);
-  if (q.dim() < 1 || v.dim() < 1) fail(fn, "dims of 'q' and 'v' must be at least 1" + qs);
-  if (!std::isfinite(opt.scale)) fail(fn, "options.scale must be finite, got " + std::to_string(opt.scale));
+    fail(fn, shapes("heads of 'q' must be a multiple of heads of 'k' (grouped-query attention)"));
+  if (k.seq() != v.seq()) fail(fn, shapes("seq of 'k' and 'v' must be equal"));
+  if (k.dim() != q.dim()) fail(fn, shapes("dim of 'k' must equal dim of 'q'"));
+  if (q.dim() < 1 || v.dim() < 1) fail(fn, shapes("dims of 'q' and 'v' must be at least 1"));
+  if (!std::isfinite(opt.scale)) fail(fn, message() << "options.scale must be finite, got " << double(opt.scale));
   if (!(opt.softcap >= 0.f) || !std::isfinite(opt.softcap))
-    fail(fn, "options.softcap must be >= 0 and finite (0 = off), got " + std::to_string(opt.softcap));
+    fail(fn, message() << "options.softcap must be >= 0 and finite (0 = off), got " << double(opt.softcap));
   if (opt.num_threads < 0)
-    fail(fn, "options.num_threads must be >= 0 (0 = all), got " + std::to_string(opt.num_threads));
+    fail(fn, message() << "options.num_threads must be >= 0 (0 = all), got " << opt.num_threads);
   if (opt.sink_logits.data != nullptr || opt.sink_logits.size != 0) {
     if (opt.sink_logits.size != q.heads() || opt.sink_logits.data == nullptr)
-      fail(fn, "options.sink_logits must hold one logit per query head: expected " + std::to_string(q.heads()) +
-                   ", got " + std::to_string(opt.sink_logits.size) +
-                   (opt.sink_logits.data ? "" : " with null data"));
+      fail(fn, message() << "options.sink_logits must hold one logit per query head: expected " << q.heads()
+                         << ", got " << opt.sink_logits.size << (opt.sink_logits.data ? "" : " with null data"));
     for (index_t h = 0; h < q.heads(); ++h)
       if (!std::isfinite(opt.sink_logits.data[h]))
-        fail(fn, "options.sink_logits[" + std::to_string(h) + "] is not finite");
+        fail(fn, message() << "options.sink_logits[" << h << "] is not finite");
   }
   if (out) {
     check_view(fn, "out", *out);

@@ -14,22 +14,24 @@
 //                                             [q0, q1);
 //   index_t tile_hint()                       a preferred key-tile size (a block size whose
 //                                             boundaries the tiles should follow), 0 if none;
+// and optionally
 //   void check(const mask_problem&)           throws attnkit::error if the mask does not fit
-//                                             the problem (called before any work).
+//                                             the problem (called before any work; the
+//                                             built-in masks are checked in mask/check.hpp).
 //
 // Drivers visit only `keys(...)`, skip empty tiles, run full tiles without any per-element
 // test and call `allowed` only inside partial tiles. Masks compose with `&` and `|`; the
-// composed answers follow from the parts. To add a mask: a struct with these five members
-// (see sliding_window below); nothing else in the library changes.
+// composed answers follow from the parts. To add a mask: a struct with these members (see
+// sliding_window below); nothing else in the library changes. Member functions here are
+// trivial and forced inline: masks are vocabulary types shared by translation units built
+// with different ISA flags (Note [ISA namespaces] in config.hpp).
 #pragma once
 
 #include <cstdint>
-#include <string>
 #include <type_traits>
 #include <utility>
 
 #include "../config.hpp"
-#include "../core/error.hpp"
 
 namespace attnkit {
 
@@ -112,10 +114,6 @@ struct mask_problem {
   std::int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0;
 };
 
-namespace internal {
-[[noreturn]] inline void mask_fail(const std::string& msg) { throw error("attnkit mask: " + msg); }
-}  // namespace internal
-
 /// Every pair is allowed.
 struct no_mask {
   ATTNKIT_ALWAYS_INLINE bool allowed(std::int64_t, std::int64_t, std::int64_t, std::int64_t) const noexcept {
@@ -130,7 +128,6 @@ struct no_mask {
     return key_ranges::all(kv_len);
   }
   ATTNKIT_ALWAYS_INLINE std::int64_t tile_hint() const noexcept { return 0; }
-  void check(const mask_problem&) const {}
 };
 
 /// Key k is allowed for query q when k <= q.
@@ -149,7 +146,6 @@ struct causal {
     return key_ranges::one(0, q1, kv_len);
   }
   ATTNKIT_ALWAYS_INLINE std::int64_t tile_hint() const noexcept { return 0; }
-  void check(const mask_problem&) const {}
 };
 
 /// Mistral-style sliding window: key k is allowed for query q when 0 <= q - k < width
@@ -171,9 +167,6 @@ struct sliding_window {
     return key_ranges::one(q0 - width + 1, q1, kv_len);
   }
   ATTNKIT_ALWAYS_INLINE std::int64_t tile_hint() const noexcept { return 0; }
-  void check(const mask_problem&) const {
-    if (width < 1) internal::mask_fail("sliding_window: argument 'width' must be >= 1, got " + std::to_string(width));
-  }
 };
 
 /// Local (bidirectional) window: key k is allowed for query q when q - left <= k <= q + right.
@@ -195,11 +188,6 @@ struct local_window {
     return key_ranges::one(q0 - left, q1 + right, kv_len);
   }
   ATTNKIT_ALWAYS_INLINE std::int64_t tile_hint() const noexcept { return 0; }
-  void check(const mask_problem&) const {
-    if (left < 0 || right < 0)
-      internal::mask_fail("local_window: arguments 'left' and 'right' must be >= 0, got left " +
-                          std::to_string(left) + ", right " + std::to_string(right));
-  }
 };
 
 /// Attention sinks (StreamingLLM): the first `count` keys are allowed for every query.
@@ -220,9 +208,6 @@ struct sink_tokens {
     return key_ranges::one(0, count, kv_len);
   }
   ATTNKIT_ALWAYS_INLINE std::int64_t tile_hint() const noexcept { return 0; }
-  void check(const mask_problem&) const {
-    if (count < 0) internal::mask_fail("sink_tokens: argument 'count' must be >= 0, got " + std::to_string(count));
-  }
 };
 
 /// Block-sparse layout (Longformer / BigBird / FlexAttention BlockMask style): a bitmap over
@@ -239,17 +224,8 @@ struct block_mask {
 
   block_mask() = default;
   block_mask(const std::uint8_t* bitmap, std::int64_t heads_, std::int64_t q_blocks_, std::int64_t k_blocks_,
-             std::int64_t block_q_, std::int64_t block_k_)
-      : bits(bitmap), heads(heads_), q_blocks(q_blocks_), k_blocks(k_blocks_), block_q(block_q_), block_k(block_k_) {
-    if (block_q < 1 || block_k < 1)
-      internal::mask_fail("block_mask: block sizes must be >= 1, got block_q " + std::to_string(block_q) +
-                          ", block_k " + std::to_string(block_k));
-    if (heads < 1 || q_blocks < 0 || k_blocks < 0)
-      internal::mask_fail("block_mask: heads must be >= 1 and block counts >= 0, got heads " +
-                          std::to_string(heads) + ", q_blocks " + std::to_string(q_blocks) + ", k_blocks " +
-                          std::to_string(k_blocks));
-    if (!bits && q_blocks * k_blocks > 0) internal::mask_fail("block_mask: argument 'bits' is null");
-  }
+             std::int64_t block_q_, std::int64_t block_k_) noexcept
+      : bits(bitmap), heads(heads_), q_blocks(q_blocks_), k_blocks(k_blocks_), block_q(block_q_), block_k(block_k_) {}
 
   ATTNKIT_ALWAYS_INLINE bool bit(std::int64_t h, std::int64_t qb, std::int64_t kb) const noexcept {
     return bits[((heads == 1 ? 0 : h) * q_blocks + qb) * k_blocks + kb] != 0;
@@ -289,17 +265,6 @@ struct block_mask {
     return r;
   }
   ATTNKIT_ALWAYS_INLINE std::int64_t tile_hint() const noexcept { return block_k; }
-  void check(const mask_problem& p) const {
-    const std::int64_t want_q = (p.kv_len + block_q - 1) / block_q, want_k = (p.kv_len + block_k - 1) / block_k;
-    if (q_blocks != want_q || k_blocks != want_k)
-      internal::mask_fail("block_mask: bitmap is " + std::to_string(q_blocks) + " x " + std::to_string(k_blocks) +
-                          " blocks, expected " + std::to_string(want_q) + " x " + std::to_string(want_k) +
-                          " (ceil(Lk / block_q) x ceil(Lk / block_k) for Lk " + std::to_string(p.kv_len) +
-                          ", block_q " + std::to_string(block_q) + ", block_k " + std::to_string(block_k) + ")");
-    if (heads != 1 && heads != p.q_heads)
-      internal::mask_fail("block_mask: bitmap has " + std::to_string(heads) + " heads, expected 1 (shared) or " +
-                          std::to_string(p.q_heads) + " (one per query head)");
-  }
 };
 
 /// Any `bool(b, h, q, k)` callable as a mask. Every tile is partial (the callable is asked
@@ -320,7 +285,6 @@ struct fn_mask {
     return key_ranges::all(kv_len);
   }
   ATTNKIT_ALWAYS_INLINE std::int64_t tile_hint() const noexcept { return 0; }
-  void check(const mask_problem&) const {}
 };
 
 template <class F, class Tile>
@@ -340,7 +304,6 @@ struct fn_mask_with_tiles {
     return key_ranges::all(kv_len);
   }
   ATTNKIT_ALWAYS_INLINE std::int64_t tile_hint() const noexcept { return 0; }
-  void check(const mask_problem&) const {}
 };
 
 template <class F>
@@ -384,10 +347,6 @@ struct mask_and {
   ATTNKIT_ALWAYS_INLINE std::int64_t tile_hint() const {
     return a.tile_hint() ? a.tile_hint() : b.tile_hint();
   }
-  void check(const mask_problem& p) const {
-    a.check(p);
-    b.check(p);
-  }
 };
 
 /// Either mask allows the pair.
@@ -414,10 +373,6 @@ struct mask_or {
   }
   ATTNKIT_ALWAYS_INLINE std::int64_t tile_hint() const {
     return a.tile_hint() ? a.tile_hint() : b.tile_hint();
-  }
-  void check(const mask_problem& p) const {
-    a.check(p);
-    b.check(p);
   }
 };
 

@@ -18,6 +18,7 @@
 #include "../core/options.hpp"
 #include "../core/tensor_view.hpp"
 #include "../core/validate.hpp"
+#include "../mask/check.hpp"
 #include "../mask/masks.hpp"
 #include "../mask/score.hpp"
 
@@ -47,7 +48,7 @@ template <class TQ, class TK, class TV, class Mask, class Select>
 result attend(const char* fn, const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
               const Mask& mask, const attention_options& opt, Select&& select) {
   const auto p = attnkit::detail::check_dense(fn, q, k, v, nullptr, tensor_view<float>{}, opt);
-  mask.check(mask_problem{p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len});
+  attnkit::detail::check_mask(fn, mask, mask_problem{p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len});
   result r;
   r.batch = p.batch;
   r.heads = p.q_heads;
@@ -116,7 +117,7 @@ template <class TQ, class TK, class TV, class Mask = no_mask>
 result topk_attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
                       index_t topk, const Mask& mask = {}, const attention_options& opt = {}) {
   if (topk < 1)
-    attnkit::detail::fail("reference::topk_attention", "argument 'topk' must be >= 1, got " + std::to_string(topk));
+    attnkit::detail::fail("reference::topk_attention", attnkit::detail::message() << "argument 'topk' must be >= 1, got " << topk);
   return detail::attend("reference::topk_attention", q, k, v, mask, opt,
                         [topk](std::vector<index_t>& keys, std::vector<double>& s) {
                           if (index_t(keys.size()) <= topk) return;
@@ -146,7 +147,9 @@ result block_topk_attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, 
   const auto p = attnkit::detail::check_dense("reference::block_topk_attention", q, k, v, nullptr,
                                               tensor_view<float>{}, opt);
   if (block < 1 || topk_blocks < 0)
-    attnkit::detail::fail("reference::block_topk_attention", "arguments 'block' >= 1 and 'topk_blocks' >= 0 required");
+    attnkit::detail::fail("reference::block_topk_attention", attnkit::detail::message()
+                                                                 << "arguments 'block' >= 1 and 'topk_blocks' >= 0 required, got block "
+                                                                 << block << ", topk_blocks " << topk_blocks);
   const index_t group = p.q_heads / p.kv_heads, offset = p.kv_len - p.q_len, n_full = p.kv_len / block;
   // selected[(b * H + h) * Lq + i] holds the chosen blocks of that query
   std::vector<std::vector<index_t>> selected(std::size_t(p.batch * p.q_heads * p.q_len));
