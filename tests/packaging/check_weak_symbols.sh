@@ -57,7 +57,7 @@ uses_above() {
   local lower=$1 obj=$2 sym=$3 ops regs_re ops_re found
   ops="$("$OBJDUMP" -d --no-show-raw-insn --disassemble="$sym" "$obj" | awk -F'\t' 'NF >= 2 && $1 ~ /^ *[0-9a-f]+:/ {print $2}')"
   if [[ "$lower" == sse2 ]]; then regs_re=$above_sse2_reg ops_re=$above_sse2_re; else regs_re=$above_avx2_reg ops_re=$above_avx2_re; fi
-  found="$( (grep -E "$regs_re" <<<"$ops" || true; awk '{print $1}' <<<"$ops" | grep -E "$ops_re" || true) | awk '{print $1}' | sort -u | head -n 4 | tr '\n' ' ')"
+  found="$( (grep -E "$regs_re" <<<"$ops" || true; awk '{print $1}' <<<"$ops" | grep -E "$ops_re" || true) | awk '{print $1}' | sort -u | awk 'NR <= 4' | tr '\n' ' ')"
   [[ -n "$found" ]] && { echo "$found"; return 0; }
   return 1
 }
