@@ -913,11 +913,15 @@ moba_selection select_blocks(const sparse_run& r, index_t block, index_t topk_bl
 /// odd blocks (the kernel multiplies by float(1 / block)), 1/8 for powers of two.
 float k_step_for(index_t block) { return (block & (block - 1)) == 0 ? 0.125f : 0.125f * float(block); }
 
-sparse_accuracy check_block_topk(sparse_case c, const std::string& isa, index_t block, index_t topk_blocks) {
+template <class Prepare>
+sparse_accuracy check_block_topk(sparse_case c, const std::string& isa, index_t block, index_t topk_blocks,
+                                 Prepare&& prepare) {
   c.q_step = 0.125f;
   c.k_step = k_step_for(block);
-  c.what = "block_topk block=" + std::to_string(block) + " topk_blocks=" + std::to_string(topk_blocks);
-  const moba_selection sel = select_blocks(make_sparse_inputs(c), block, topk_blocks);
+  c.what += " block_topk block=" + std::to_string(block) + " topk_blocks=" + std::to_string(topk_blocks);
+  sparse_run inputs = make_sparse_inputs(c);
+  prepare(inputs);
+  const moba_selection sel = select_blocks(inputs, block, topk_blocks);
   yard_spec y;
   y.allowed = [&sel](index_t b, index_t h, index_t q, index_t k) { return sel.allowed(b, h, q, k); };
   return check_sparse_case(
@@ -929,7 +933,12 @@ sparse_accuracy check_block_topk(sparse_case c, const std::string& isa, index_t 
       [&](const sparse_run& r) {
         return attnkit::reference::block_topk_attention(r.q.cview(), r.k.cview(), r.v.cview(), block, topk_blocks,
                                                         r.opts);
-      });
+      },
+      prepare);
+}
+
+sparse_accuracy check_block_topk(const sparse_case& c, const std::string& isa, index_t block, index_t topk_blocks) {
+  return check_block_topk(c, isa, block, topk_blocks, [](sparse_run&) {});
 }
 
 }  // namespace
@@ -983,33 +992,49 @@ TEST_CASE("block_topk: GQA, sinks, lse, odd head_dim, v_dim, layouts", "[sparse]
 
 TEST_CASE("block_topk: equal blocks tie to the lower block", "[sparse][block_topk][ties]") {
   ATTNKIT_TEST_FOR_EACH_ISA();
-  // Keys repeat with the block period: every past block has the same mean, so every gate
-  // ties and the lowest blocks are chosen.
   int i = 0;
-  for (index_t block : {1, 4, 16}) {
-    sparse_case c = make_case(1, 2, 1, 100, 100, 8, std::uint32_t(44000 + i), i);
-    c.q_step = c.k_step = 0.125f;
-    yard_spec y;
-    const index_t topk_blocks = 2;
-    y.allowed = [block](index_t, index_t, index_t p, index_t k) {
-      return p >= 0 && k <= p && (k / block == p / block || k / block < topk_blocks);
-    };
-    c.what = "block_topk with identical blocks, block " + std::to_string(block);
-    auto periodic = [&](sparse_run& r) {
-      r.k.for_each([&](index_t b, index_t h, index_t j, index_t d) { r.k(b, h, j, d) = r.k(b, h, j % block, d); });
-    };
-    check_sparse_case(
-        c, isa, y,
-        [&](sparse_run& r) {
-          attnkit::block_topk_attention(r.q.cview(), r.k.cview(), r.v.cview(), r.out.view, block, topk_blocks, r.opts,
-                                        r.lse.view);
-        },
-        [&](const sparse_run& r) {
-          return attnkit::reference::block_topk_attention(r.q.cview(), r.k.cview(), r.v.cview(), block, topk_blocks,
-                                                          r.opts);
-        },
-        periodic);
-    ++i;
+  SECTION("every block the same: the lowest past blocks are chosen") {
+    for (index_t block : {1, 4, 16}) {
+      sparse_case c = make_case(1, 2, 1, 100, 100, 8, std::uint32_t(44000 + i), i);
+      c.q_step = c.k_step = 0.125f;
+      yard_spec y;
+      const index_t topk_blocks = 2;
+      y.allowed = [block](index_t, index_t, index_t p, index_t k) {
+        return p >= 0 && k <= p && (k / block == p / block || k / block < topk_blocks);
+      };
+      c.what = "block_topk with identical blocks, block " + std::to_string(block);
+      auto periodic = [&](sparse_run& r) {
+        r.k.for_each([&](index_t b, index_t h, index_t j, index_t d) { r.k(b, h, j, d) = r.k(b, h, j % block, d); });
+      };
+      check_sparse_case(
+          c, isa, y,
+          [&](sparse_run& r) {
+            attnkit::block_topk_attention(r.q.cview(), r.k.cview(), r.v.cview(), r.out.view, block, topk_blocks, r.opts,
+                                          r.lse.view);
+          },
+          [&](const sparse_run& r) {
+            return attnkit::reference::block_topk_attention(r.q.cview(), r.k.cview(), r.v.cview(), block, topk_blocks,
+                                                            r.opts);
+          },
+          periodic);
+      ++i;
+    }
+  }
+  SECTION("blocks repeating with a period of 2..5 blocks: ties among blocks, then better ones") {
+    // Block j holds the keys of block j % period, so every gate value recurs; a selection
+    // that is full must evict the later of equal blocks, never the earlier one.
+    for (index_t block : {1, 3, 16})
+      for (index_t period : {2, 3, 5})
+        for (index_t topk_blocks : {1, 2, 3, 4}) {
+          sparse_case c = make_case(1, 4, 2, 60, 96 * 2, 8, std::uint32_t(44100 + i), i);
+          c.what = "period " + std::to_string(period) + " blocks";
+          check_block_topk(c, isa, block, topk_blocks, [&](sparse_run& r) {
+            r.k.for_each([&](index_t b, index_t h, index_t j, index_t d) {
+              r.k(b, h, j, d) = r.k(b, h, (j / block) % period * block + j % block, d);
+            });
+          });
+          ++i;
+        }
   }
 }
 
