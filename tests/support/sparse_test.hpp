@@ -117,7 +117,12 @@ struct sparse_case : dense_case {
   }
   std::string str() const {
     std::ostringstream s;
-    s << what << " | " << dense_case::str();
+    // dense_case::str() names its own (unused) mask field: drop it, `what` names the mask
+    std::string d = dense_case::str();
+    const std::string unused = std::string(" ") + to_string(mask) + " ";
+    const std::size_t at = d.find(unused);
+    if (at != std::string::npos) d.replace(at, unused.size(), " ");
+    s << what << " | " << d;
     if (sinks) s << " sinks~U[" << sink_lo << "," << sink_hi << "]";
     if (q_step != 0.f || k_step != 0.f) s << " quantised q/" << q_step << " k/" << k_step;
     if (v_step != 0.f) s << " v/" << v_step;
