@@ -761,6 +761,8 @@ TEST_CASE("topk: exact ties go to the lower key index", "[sparse][topk][ties]") 
 
 TEST_CASE("topk: long key sequences run the sampled-threshold path (Lk >= 16 topk)", "[sparse][topk][sampled]") {
   ATTNKIT_TEST_FOR_EACH_ISA();
+  // The kernel samples every (2 topk / 16)-th key when that stride is >= 2 and
+  // Lk >= 16 topk: topk 8 (stride 1) walks without sampling, 16 .. 100 sample.
   int i = 0;
   for (index_t lk : {2000, 2600})
     for (index_t topk : {8, 16, 24, 64, 100}) {
@@ -1011,6 +1013,45 @@ TEST_CASE("block_topk: GQA, sinks, lse, odd head_dim, v_dim, layouts", "[sparse]
       check_block_topk(c, isa, block, 2);
       ++i;
     }
+}
+
+TEST_CASE("block_topk and topk: edge shapes and strided lse", "[sparse][block_topk][topk][edge]") {
+  ATTNKIT_TEST_FOR_EACH_ISA();
+  int i = 0;
+  SECTION("no keys, a block longer than the keys, one key") {
+    for (auto s : {std::pair<index_t, index_t>{3, 0}, {5, 3}, {4, 7}, {1, 1}, {9, 8}})
+      for (index_t block : {1, 8, 100})
+        for (index_t topk_blocks : {0, 3}) {
+          sparse_case c = make_case(1, 2, 1, s.first, s.second, 5, std::uint32_t(47000 + i), i);
+          c.sinks = i % 2 == 1;
+          check_block_topk(c, isa, block, topk_blocks);
+          ++i;
+        }
+    for (auto s : {std::pair<index_t, index_t>{3, 0}, {5, 3}, {1, 1}})
+      for (index_t topk : {1, 2, 50}) {
+        sparse_case c = make_case(1, 2, 1, s.first, s.second, 5, std::uint32_t(47500 + i), i);
+        c.quantised();
+        c.scale = 0.5f;
+        c.what = "topk causal, tiny";
+        check_topk(c, isa, topk, attnkit::causal{}, d_causal());
+        ++i;
+      }
+  }
+  SECTION("lse with a sequence stride") {
+    for (index_t ss : {2, 5}) {
+      sparse_case c = make_case(2, 4, 2, 70, 150, 16, std::uint32_t(48000 + i), i);
+      c.lse_seq_stride = ss;
+      c.sinks = ss == 5;
+      check_block_topk(c, isa, 16, 2);
+      c.quantised();
+      c.scale = 0.25f;
+      c.what = "topk sliding_window{60}";
+      check_topk(c, isa, 9, attnkit::sliding_window{60}, d_sliding(60));
+      c.what = "topk no_mask";
+      check_topk(c, isa, 8, attnkit::no_mask{}, d_all());
+      ++i;
+    }
+  }
 }
 
 TEST_CASE("block_topk: equal blocks tie to the lower block", "[sparse][block_topk][ties]") {
