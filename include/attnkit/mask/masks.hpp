@@ -109,6 +109,15 @@ struct key_ranges {
   }
 };
 
+namespace internal {
+// Window sizes are clamped to 2^62 before any arithmetic with positions, so a window "as
+// wide as anything" (e.g. INT64_MAX) cannot overflow; positions stay far below 2^62.
+ATTNKIT_ALWAYS_INLINE std::int64_t clamp_span(std::int64_t w) noexcept {
+  constexpr std::int64_t cap = std::int64_t(1) << 62;
+  return w < cap ? w : cap;
+}
+}  // namespace internal
+
 /// What a mask may check against: the problem's sizes.
 struct mask_problem {
   std::int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0;
@@ -154,17 +163,18 @@ struct sliding_window {
   std::int64_t width = 1;
 
   ATTNKIT_ALWAYS_INLINE bool allowed(std::int64_t, std::int64_t, std::int64_t q, std::int64_t k) const noexcept {
-    return k <= q && q - k < width;
+    return k <= q && q - k < internal::clamp_span(width);
   }
   ATTNKIT_ALWAYS_INLINE tile_kind classify(std::int64_t, std::int64_t, std::int64_t q0, std::int64_t q1,
                                            std::int64_t k0, std::int64_t k1) const noexcept {
-    if (q1 <= q0 || k1 <= k0 || k0 > q1 - 1 || k1 - 1 < q0 - width + 1) return tile_kind::empty;
-    if (k1 - 1 <= q0 && q1 - 1 - k0 < width) return tile_kind::full;
+    const std::int64_t w = internal::clamp_span(width);
+    if (q1 <= q0 || k1 <= k0 || k0 > q1 - 1 || k1 - 1 < q0 - w + 1) return tile_kind::empty;
+    if (k1 - 1 <= q0 && q1 - 1 - k0 < w) return tile_kind::full;
     return tile_kind::partial;
   }
   ATTNKIT_ALWAYS_INLINE key_ranges keys(std::int64_t, std::int64_t, std::int64_t q0, std::int64_t q1,
                                         std::int64_t kv_len) const noexcept {
-    return key_ranges::one(q0 - width + 1, q1, kv_len);
+    return key_ranges::one(q0 - internal::clamp_span(width) + 1, q1, kv_len);
   }
   ATTNKIT_ALWAYS_INLINE std::int64_t tile_hint() const noexcept { return 0; }
 };
@@ -175,17 +185,18 @@ struct local_window {
   std::int64_t right = 0;
 
   ATTNKIT_ALWAYS_INLINE bool allowed(std::int64_t, std::int64_t, std::int64_t q, std::int64_t k) const noexcept {
-    return k >= q - left && k <= q + right;
+    return k >= q - internal::clamp_span(left) && k <= q + internal::clamp_span(right);
   }
   ATTNKIT_ALWAYS_INLINE tile_kind classify(std::int64_t, std::int64_t, std::int64_t q0, std::int64_t q1,
                                            std::int64_t k0, std::int64_t k1) const noexcept {
-    if (q1 <= q0 || k1 <= k0 || k0 > q1 - 1 + right || k1 - 1 < q0 - left) return tile_kind::empty;
-    if (k0 >= q1 - 1 - left && k1 - 1 <= q0 + right) return tile_kind::full;
+    const std::int64_t l = internal::clamp_span(left), r = internal::clamp_span(right);
+    if (q1 <= q0 || k1 <= k0 || k0 > q1 - 1 + r || k1 - 1 < q0 - l) return tile_kind::empty;
+    if (k0 >= q1 - 1 - l && k1 - 1 <= q0 + r) return tile_kind::full;
     return tile_kind::partial;
   }
   ATTNKIT_ALWAYS_INLINE key_ranges keys(std::int64_t, std::int64_t, std::int64_t q0, std::int64_t q1,
                                         std::int64_t kv_len) const noexcept {
-    return key_ranges::one(q0 - left, q1 + right, kv_len);
+    return key_ranges::one(q0 - internal::clamp_span(left), q1 + internal::clamp_span(right), kv_len);
   }
   ATTNKIT_ALWAYS_INLINE std::int64_t tile_hint() const noexcept { return 0; }
 };
