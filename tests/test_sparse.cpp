@@ -362,11 +362,11 @@ TEST_CASE("sparse: head_dim 1..33 with masks", "[sparse][masks]") {
   }
 }
 
-TEST_CASE("sparse: windows as wide as INT64_MAX (unbounded) equal causal or no mask", "[sparse][masks][!mayfail]") {
-  // Known library bug (see the report of the sparse tests): window arithmetic overflows
-  // for sides close to INT64_MAX; local_window{0, INT64_MAX} gives every row 0 even with
-  // Lq == Lk, and sliding_window{INT64_MAX} drops the keys of rows in a work unit that
-  // starts before position 0 (Lq > Lk).
+TEST_CASE("sparse: windows as wide as INT64_MAX (unbounded) equal causal or no mask", "[sparse][masks]") {
+  // Regression (fixed in 7507d4e): window arithmetic overflowed for sides close to
+  // INT64_MAX; local_window{0, INT64_MAX} gave every row 0 even with Lq == Lk, and
+  // sliding_window{INT64_MAX} dropped the keys of rows in a work unit that starts before
+  // position 0 (Lq > Lk).
   ATTNKIT_TEST_FOR_EACH_ISA();
   const index_t M = std::numeric_limits<index_t>::max();
   int i = 0;

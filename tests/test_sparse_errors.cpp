@@ -216,3 +216,14 @@ TEST_CASE("sparse errors: sink logits of the wrong count for topk and block_topk
   }
   CHECK(p.outputs_untouched());
 }
+
+TEST_CASE("sparse errors: block_mask blocks as large as INT64_MAX are accepted", "[errors][sparse][block][!mayfail]") {
+  // Known library bug: check_mask computes ceil(Lk / block) as (Lk + block - 1) / block,
+  // which overflows (undefined behaviour) for blocks near INT64_MAX, so a valid 1 x 1 bitmap
+  // is rejected with "expected 0 x 0". A single-block layout is legitimate input.
+  problem p;  // Lk = 11
+  const std::uint8_t one = 1;
+  const index_t M = std::numeric_limits<index_t>::max();
+  CHECK_NOTHROW(attnkit::attention(p.q, p.k, p.v, p.out, attnkit::block_mask(&one, 1, 1, 1, M, M), p.opt, p.lse));
+  CHECK_NOTHROW(attnkit::attention(p.q, p.k, p.v, p.out, attnkit::block_mask(&one, 1, 1, 1, 16, M), p.opt, p.lse));
+}
