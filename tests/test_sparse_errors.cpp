@@ -217,7 +217,7 @@ TEST_CASE("sparse errors: sink logits of the wrong count for topk and block_topk
   CHECK(p.outputs_untouched());
 }
 
-TEST_CASE("sparse errors: block_mask blocks as large as INT64_MAX are accepted", "[errors][sparse][block][!mayfail]") {
+TEST_CASE("sparse errors: block_mask blocks as large as INT64_MAX are accepted", "[errors][sparse][block]") {
   // Known library bug: check_mask computes ceil(Lk / block) as (Lk + block - 1) / block,
   // which overflows (undefined behaviour) for blocks near INT64_MAX, so a valid 1 x 1 bitmap
   // is rejected with "expected 0 x 0". A single-block layout is legitimate input.

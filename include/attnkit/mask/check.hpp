@@ -51,8 +51,9 @@ inline void check_mask(const char* fn, const block_mask& m, const mask_problem& 
   if (m.block_q < 1 || m.block_k < 1)
     fail(fn, message() << "block_mask: block sizes must be >= 1, got block_q " << m.block_q << ", block_k "
                        << m.block_k);
-  const std::int64_t want_q = (p.kv_len + m.block_q - 1) / m.block_q;
-  const std::int64_t want_k = (p.kv_len + m.block_k - 1) / m.block_k;
+  // ceil(Lk / block) without Lk + block - 1, which overflows for huge blocks
+  const std::int64_t want_q = p.kv_len / m.block_q + (p.kv_len % m.block_q != 0);
+  const std::int64_t want_k = p.kv_len / m.block_k + (p.kv_len % m.block_k != 0);
   if (m.q_blocks != want_q || m.k_blocks != want_k)
     fail(fn, message() << "block_mask: bitmap is " << m.q_blocks << " x " << m.k_blocks << " blocks, expected "
                        << want_q << " x " << want_k << " (ceil(Lk / block_q) x ceil(Lk / block_k) for Lk "
