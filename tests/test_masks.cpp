@@ -559,13 +559,13 @@ TEST_CASE("masks: ALiBi slopes follow Press et al.", "[masks][score]") {
 // allowed pairs were called empty and their keys dropped.
 
 TEST_CASE("masks: windows as wide as INT64_MAX keep sound tile answers", "[masks][tiles]") {
-  const index_t M = std::numeric_limits<index_t>::max();
+  constexpr index_t M = std::numeric_limits<index_t>::max();
   expect_sound("sliding_window{INT64_MAX}", attnkit::sliding_window{M},
-               [M](index_t, index_t, index_t q, index_t k) { return def_sliding(M, q, k); }, 21, 1, 1);
+               [](index_t, index_t, index_t q, index_t k) { return def_sliding(M, q, k); }, 21, 1, 1);
   expect_sound("local_window{INT64_MAX, 0}", attnkit::local_window{M, 0},
-               [M](index_t, index_t, index_t q, index_t k) { return def_local(M, 0, q, k); }, 21, 1, 1);
+               [](index_t, index_t, index_t q, index_t k) { return def_local(M, 0, q, k); }, 21, 1, 1);
   expect_sound("local_window{0, INT64_MAX}", attnkit::local_window{0, M},
-               [M](index_t, index_t, index_t q, index_t k) { return def_local(0, M, q, k); }, 21, 1, 1);
+               [](index_t, index_t, index_t q, index_t k) { return def_local(0, M, q, k); }, 21, 1, 1);
   expect_sound("local_window{INT64_MAX, INT64_MAX}", attnkit::local_window{M, M},
                [](index_t, index_t, index_t, index_t) { return true; }, 21, 1, 1);
 }
