@@ -548,6 +548,28 @@ inline attnkit::reference::result run_reference(const dense_case& c, const dense
   return attnkit::reference::attention(r.q.cview(), r.k.cview(), r.v.cview(), attnkit::no_mask{}, r.opts);
 }
 
+/// The checks every case runner applies: accuracy bounds, no NaN/inf, masked rows exactly
+/// zero, nothing written outside the output views, inputs unchanged. `Run` is the case's
+/// buffers (dense_run or a type with the same members) before and after the call.
+template <class Run>
+void check_accuracy(const accuracy& a, const dense_case& c, const Run& r, const Run& before) {
+  CHECK(a.nonfinite_out == 0);
+  CHECK(a.masked_nonzero == 0);
+  CHECK(a.lse_mismatch == 0);
+  CHECK(a.plain_mismatch == 0);  // the yardstick and the reference agree on the mask
+  CHECK(a.plain_err <= 1e-3 * std::max(1.0, double(std::max(std::fabs(c.v_lo), std::fabs(c.v_hi)))));
+  CHECK(a.err <= a.bound());
+  if (c.unit_range()) CHECK(a.err <= 1e-4);
+  if (c.lse) {
+    CHECK(a.lse_err <= a.lse_bound());
+    CHECK(r.lse.touched_outside() == 0);
+  }
+  CHECK(r.out.touched_outside() == 0);
+  CHECK(r.q.same_bits(before.q));
+  CHECK(r.k.same_bits(before.k));
+  CHECK(r.v.same_bits(before.v));
+}
+
 /// Runs one case through attnkit, the double reference and the plain fp32 yardstick and
 /// checks the accuracy criterion:
 ///   max|out - ref| <= 2 * max(max|plain fp32 - ref|, 1e-6), and <= 1e-4 when all inputs
@@ -565,21 +587,7 @@ inline accuracy check_dense_case(const dense_case& c, const std::string& isa) {
   ratio_registry::get().record(isa, a, c.str());
   INFO("attnkit err " << a.err << ", plain fp32 err " << a.plain_err << " (ratio " << a.ratio() << "), lse err "
                       << a.lse_err << ", plain lse err " << a.plain_lse_err);
-  CHECK(a.nonfinite_out == 0);
-  CHECK(a.masked_nonzero == 0);
-  CHECK(a.lse_mismatch == 0);
-  CHECK(a.plain_mismatch == 0);  // the yardstick and the reference agree on the mask
-  CHECK(a.plain_err <= 1e-3 * std::max(1.0, double(std::max(std::fabs(c.v_lo), std::fabs(c.v_hi)))));
-  CHECK(a.err <= a.bound());
-  if (c.unit_range()) CHECK(a.err <= 1e-4);
-  if (c.lse) {
-    CHECK(a.lse_err <= a.lse_bound());
-    CHECK(r.lse.touched_outside() == 0);
-  }
-  CHECK(r.out.touched_outside() == 0);
-  CHECK(r.q.same_bits(before.q));
-  CHECK(r.k.same_bits(before.k));
-  CHECK(r.v.same_bits(before.v));
+  check_accuracy(a, c, r, before);
   return a;
 }
 
