@@ -10,6 +10,7 @@
 #include <functional>
 
 using attnkit::index_t;
+using attnkit_test::message_of;
 using attnkit::tensor_view;
 using Catch::Matchers::Contains;
 using Catch::Matchers::StartsWith;
@@ -49,16 +50,6 @@ struct problem {
     return true;
   }
 };
-
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const attnkit::error& e) {
-    return e.what();
-  }
-  FAIL("no attnkit::error was thrown");
-  return {};
-}
 
 std::string without_entry(const std::string& msg, const std::string& entry) {
   return msg.compare(0, entry.size(), entry) == 0 ? msg.substr(entry.size()) : msg;

@@ -6,6 +6,7 @@
 #include "support/sparse_test.hpp"
 
 using attnkit::index_t;
+using attnkit_test::message_of;
 using attnkit::tensor_view;
 using Catch::Matchers::Contains;
 
@@ -39,18 +40,6 @@ struct problem {
     return true;
   }
 };
-
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const attnkit::error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL("not an attnkit::error: " << e.what());
-  }
-  FAIL("no attnkit::error was thrown");
-  return {};
-}
 
 void expect_fragments(const std::string& msg, const std::vector<std::string>& fragments) {
   INFO("message: " << msg);

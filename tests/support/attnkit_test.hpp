@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -546,6 +547,20 @@ inline attnkit::reference::result run_reference(const dense_case& c, const dense
   if (c.mask == mask_kind::causal)
     return attnkit::reference::attention(r.q.cview(), r.k.cview(), r.v.cview(), attnkit::causal{}, r.opts);
   return attnkit::reference::attention(r.q.cview(), r.k.cview(), r.v.cview(), attnkit::no_mask{}, r.opts);
+}
+
+/// The message of the attnkit::error that f throws; fails the test if f throws nothing or
+/// another exception.
+inline std::string message_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const attnkit::error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    FAIL("not an attnkit::error: " << e.what());
+  }
+  FAIL("no attnkit::error was thrown");
+  return {};
 }
 
 /// The checks every case runner applies: accuracy bounds, no NaN/inf, masked rows exactly
