@@ -61,9 +61,11 @@ template <class TQ, class TK, class TV, class Mask>
 dense_args flash_args(const char* fn, const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
                       const tensor_view<float>& out, const Mask& mask, const attention_options& options,
                       const tensor_view<float>& lse) {
-  static_assert(std::is_same<std::remove_cv_t<TQ>, float>::value && std::is_same<std::remove_cv_t<TK>, float>::value &&
-                    std::is_same<std::remove_cv_t<TV>, float>::value,
-                "attnkit: q, k and v must be float views (bf16/fp16 K/V come with the decode path)");
+  using K = std::remove_cv_t<TK>;
+  static_assert(std::is_same<std::remove_cv_t<TQ>, float>::value, "attnkit: q must be a float view");
+  static_assert(std::is_same<K, std::remove_cv_t<TV>>::value, "attnkit: k and v must have the same storage type");
+  static_assert(std::is_same<K, float>::value || std::is_same<K, bf16>::value || std::is_same<K, fp16>::value,
+                "attnkit: k and v must be float, attnkit::bf16 or attnkit::fp16 views");
   static_assert(is_mask<Mask>::value, "attnkit: argument 'mask' must be a mask (see mask/masks.hpp)");
   const auto p = check_dense(fn, q, k, v, &out, lse, options);
   check_mask(fn, mask, mask_problem{p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len});
@@ -74,6 +76,7 @@ dense_args flash_args(const char* fn, const tensor_view<TQ>& q, const tensor_vie
   a.k_sb = k.stride(0), a.k_sh = k.stride(1), a.k_ss = k.stride(2);
   a.v = v.data_handle();
   a.v_sb = v.stride(0), a.v_sh = v.stride(1), a.v_ss = v.stride(2);
+  a.kv_type = dtype_of<K>::value;
   a.out = out.data_handle();
   a.o_sb = out.stride(0), a.o_sh = out.stride(1), a.o_ss = out.stride(2);
   if (lse.size() > 0) {
@@ -103,6 +106,9 @@ dense_args flash_args(const char* fn, const tensor_view<TQ>& q, const tensor_vie
 /// i + (Lk - Lq) (bottom-right alignment). A row whose keys are all masked gets output 0 and
 /// lse -inf. Views may have any non-negative strides with unit stride along dim. Throws
 /// attnkit::error on invalid arguments before doing any work.
+///
+/// K and V may be stored as float, attnkit::bf16 or attnkit::fp16 (both the same); they are
+/// widened exactly to fp32 and all arithmetic is fp32.
 template <class TQ, class TK, class TV, class Mask = no_mask>
 void attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
                const tensor_view<float>& out, const Mask& mask = {}, const attention_options& options = {},
@@ -119,6 +125,7 @@ template <class TQ, class TK, class TV, class Mask = no_mask>
 void topk_attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
                     const tensor_view<float>& out, std::int64_t topk, const Mask& mask = {},
                     const attention_options& options = {}, const tensor_view<float>& lse = {}) {
+  static_assert(std::is_same<std::remove_cv_t<TK>, float>::value, "attnkit: topk_attention takes float k and v");
   dense_args a = detail::flash_args("topk_attention", q, k, v, out, mask, options, lse);
   if (topk < 1) detail::fail("topk_attention", detail::message() << "argument 'topk' must be >= 1, got " << topk);
   if (topk >= a.kv_len) {  // every allowed key is kept: exactly dense attention
@@ -138,6 +145,7 @@ template <class TQ, class TK, class TV>
 void block_topk_attention(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
                           const tensor_view<float>& out, std::int64_t block, std::int64_t topk_blocks,
                           const attention_options& options = {}, const tensor_view<float>& lse = {}) {
+  static_assert(std::is_same<std::remove_cv_t<TK>, float>::value, "attnkit: block_topk_attention takes float k and v");
   dense_args a = detail::flash_args("block_topk_attention", q, k, v, out, causal{}, options, lse);
   if (block < 1) detail::fail("block_topk_attention", detail::message() << "argument 'block' must be >= 1, got " << block);
   if (topk_blocks < 0)

@@ -4,19 +4,29 @@
 
 #include <cstdint>
 
+#include "dtypes.hpp"
 #include "options.hpp"
 
 namespace attnkit {
 
 /// Plain description of one dense attention call, the argument that crosses the ISA
 /// dispatch boundary. Strides are in elements; the dim stride is 1.
+///
+/// K and V are untyped: both hold `kv_type` elements. Paged K/V (attention_paged): k and v
+/// point at page pools [num_pages, page_size, kv_heads, dim]; k_sb / v_sb are then the
+/// strides between pages, k_ss / v_ss between the rows of a page, and sequence b's key t
+/// lives in page page_table[b * pt_sb + t / page_size].
 struct dense_args {
   const float* q = nullptr;
   std::int64_t q_sb = 0, q_sh = 0, q_ss = 0;
-  const float* k = nullptr;
+  const void* k = nullptr;
   std::int64_t k_sb = 0, k_sh = 0, k_ss = 0;
-  const float* v = nullptr;
+  const void* v = nullptr;
   std::int64_t v_sb = 0, v_sh = 0, v_ss = 0;
+  dtype kv_type = dtype::f32;
+  const std::int32_t* page_table = nullptr;  // paged only
+  std::int64_t pt_sb = 0, page_size = 0;
+  const std::int32_t* seq_lens = nullptr;  // ragged batch: keys of each sequence (kv_len = the most)
   float* out = nullptr;
   std::int64_t o_sb = 0, o_sh = 0, o_ss = 0;
   float* lse = nullptr;  // optional
@@ -30,6 +40,19 @@ struct dense_args {
   int kv_block = 0;  // keys per tile; 0 = default (a tuning knob for benchmarks)
   std::int64_t topk = 0;  // top-k: keys kept per query; block top-k: blocks kept per query
   std::int64_t block = 0;  // block top-k: keys per block
+
+  /// K and V as T (the caller knows kv_type; fp32-only kernels use float).
+  template <class T>
+  const T* k_as() const noexcept {
+    return static_cast<const T*>(k);
+  }
+  template <class T>
+  const T* v_as() const noexcept {
+    return static_cast<const T*>(v);
+  }
+
+  /// Keys of sequence b (ragged batches differ).
+  std::int64_t kv_len_of(std::int64_t b) const noexcept { return seq_lens ? seq_lens[b] : kv_len; }
 };
 
 }  // namespace attnkit

@@ -101,6 +101,24 @@ struct fp16 {
 
 static_assert(sizeof(bf16) == 2 && sizeof(fp16) == 2, "storage types must be 16 bits");
 
+/// Storage type of a buffer that crosses the ISA dispatch boundary untyped (K/V caches).
+enum class dtype : std::uint8_t { f32, bf16, f16 };
+
+template <class T>
+struct dtype_of;
+template <>
+struct dtype_of<float> {
+  static constexpr dtype value = dtype::f32;
+};
+template <>
+struct dtype_of<bf16> {
+  static constexpr dtype value = dtype::bf16;
+};
+template <>
+struct dtype_of<fp16> {
+  static constexpr dtype value = dtype::f16;
+};
+
 /// Widen any supported storage type to float.
 ATTNKIT_ALWAYS_INLINE float to_float(float x) noexcept { return x; }
 ATTNKIT_ALWAYS_INLINE float to_float(bf16 x) noexcept { return bf16::to_float(x.bits); }

@@ -75,8 +75,8 @@ struct block_topk_driver {
     for (std::int64_t j = 0; j < DV; ++j)
       for (int x = n; x < BQ; ++x) ot[j * BQ + x] = 0.f;
 
-    const float* kbase = a.k + b * a.k_sb + kvh * a.k_sh;
-    const float* vbase = a.v + b * a.v_sb + kvh * a.v_sh;
+    const float* kbase = a.k_as<float>() + b * a.k_sb + kvh * a.k_sh;
+    const float* vbase = a.v_as<float>() + b * a.v_sb + kvh * a.v_sh;
     for (std::int64_t t0 = k0; t0 < k1; t0 += BK) {
       const std::int64_t nk = t0 + BK < k1 ? BK : k1 - t0;
       kernels::qk_block<Arch, NV>(qt, BQ, kbase + t0 * a.k_ss, a.k_ss, D, nk, st, BQ);
@@ -209,7 +209,7 @@ void block_topk_forward(const dense_args& a, const Mask&) noexcept {
         float* m = kbar.get() + ((b * a.kv_heads + hk) * n_full + j) * D;
         for (std::int64_t d = 0; d < D; ++d) m[d] = 0.f;
         for (std::int64_t r = j * block; r < (j + 1) * block; ++r)
-          kernels::axpy<Arch>(1.f, a.k + b * a.k_sb + hk * a.k_sh + r * a.k_ss, m, D, false);
+          kernels::axpy<Arch>(1.f, a.k_as<float>() + b * a.k_sb + hk * a.k_sh + r * a.k_ss, m, D, false);
         const float inv = 1.f / float(block);
         for (std::int64_t d = 0; d < D; ++d) m[d] *= inv;
       }

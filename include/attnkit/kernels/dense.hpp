@@ -30,11 +30,15 @@
 #include "../mask/masks.hpp"
 #include "../mask/policy.hpp"
 #include "../simd/simd.hpp"
+#include "kv_rows.hpp"
 #include "micro.hpp"
 
 namespace attnkit {
 inline namespace ATTNKIT_ISA_NS {
 namespace detail {
+
+/// K/V tiles are not always fp32 rows on one stride: bf16/fp16 storage or pages.
+inline bool gathers(const dense_args& a) noexcept { return a.kv_type != dtype::f32 || a.page_table != nullptr; }
 
 template <class Arch>
 struct dense_plan {
@@ -71,8 +75,11 @@ struct dense_plan {
     return hint <= 256 ? hint : 128;
   }
 
-  /// Floats of walker scratch: Qt [dim][BQ] and St [bk][BQ].
-  std::int64_t walker_floats(const dense_args& a) const noexcept { return BQ * (a.qk_dim + bk); }
+  /// Floats of walker scratch: Qt [dim][BQ], St [bk][BQ], and a K tile [bk][dim] when K
+  /// must be widened or gathered (kv_rows.hpp).
+  std::int64_t walker_floats(const dense_args& a) const noexcept {
+    return BQ * (a.qk_dim + bk) + (gathers(a) ? bk * a.qk_dim : 0);
+  }
 };
 
 /// Which queries a unit holds.
@@ -94,8 +101,9 @@ ATTNKIT_ALWAYS_INLINE void fold_sink(float s, float& mx, float& sum, float& keep
 // The dense consumer: online softmax across tiles, P.V, and the epilogue.
 struct dense_consumer {
   template <class Arch>
-  static std::int64_t scratch_floats(const dense_args& a, const dense_plan<Arch>&) noexcept {
-    return dense_plan<Arch>::BQ * (a.v_dim + 3);  // Ot [v_dim][BQ], m, l, alpha
+  static std::int64_t scratch_floats(const dense_args& a, const dense_plan<Arch>& plan) noexcept {
+    // Ot [v_dim][BQ], m, l, alpha, and a V tile [bk][v_dim] when V must be widened/gathered
+    return dense_plan<Arch>::BQ * (a.v_dim + 3) + (gathers(a) ? plan.bk * a.v_dim : 0);
   }
 
   template <class Arch, int NV>
@@ -108,11 +116,12 @@ struct dense_consumer {
     float* m;
     float* l;
     float* alpha;
-    const float* vbase;
+    float* vbuf;
+    const kv_rows vrows;
 
     unit(const dense_args& a_, const unit_coords& c_, float* ws) noexcept
-        : a(a_), c(c_), ot(ws), m(ws + BQ * a_.v_dim), l(m + BQ), alpha(l + BQ),
-          vbase(a_.v + c_.b * a_.v_sb + c_.kvh * a_.v_sh) {
+        : a(a_), c(c_), ot(ws), m(ws + BQ * a_.v_dim), l(m + BQ), alpha(l + BQ), vbuf(alpha + BQ),
+          vrows(kv_rows::of(a_, false, c_.b, c_.kvh)) {
       constexpr float minus_inf = -std::numeric_limits<float>::infinity();
       for (std::int64_t j = 0; j < a.v_dim; ++j)
         for (int x = 0; x < NV * W; ++x) ot[j * BQ + x] = 0.f;
@@ -128,7 +137,9 @@ struct dense_consumer {
 
     void tile(float* st, std::int64_t k0, std::int64_t nk) noexcept {
       kernels::online_softmax<Arch, NV>(st, BQ, nk, m, l, alpha);
-      kernels::pv_block<Arch, NV>(ot, BQ, alpha, st, BQ, vbase + k0 * a.v_ss, a.v_ss, a.v_dim, nk);
+      std::int64_t ldv = 0;
+      const float* vt = vrows.tile<Arch>(k0, nk, a.v_dim, vbuf, a.v_dim, false, ldv);
+      kernels::pv_block<Arch, NV>(ot, BQ, alpha, st, BQ, vt, ldv, a.v_dim, nk);
     }
 
     // Epilogue: fold in the learned sink logit (an extra softmax term with no value), then
@@ -196,7 +207,7 @@ struct unit_runner {
     c.nh = plan.group - hs * plan.nh < plan.nh ? plan.group - hs * plan.nh : plan.nh;
     c.i0 = qb * plan.nq;
     c.nq = a.q_len - c.i0 < plan.nq ? a.q_len - c.i0 : plan.nq;
-    c.p0 = c.i0 + a.kv_len - a.q_len;  // bottom-right alignment
+    c.p0 = c.i0 + a.kv_len_of(c.b) - a.q_len;  // bottom-right alignment
     return c;
   }
 
@@ -205,7 +216,8 @@ struct unit_runner {
     const std::int64_t D = a.qk_dim, bk = plan.bk;
     float* qt = ws;           // [D][BQ]
     float* st = qt + D * BQ;  // [bk][BQ]
-    typename Consumer::template unit<Arch, NV> consumer(a, c, st + bk * BQ);
+    float* kbuf = st + bk * BQ;  // [bk][D] when K is widened or gathered
+    typename Consumer::template unit<Arch, NV> consumer(a, c, kbuf + (gathers(a) ? bk * D : 0));
 
     // Pack Q transposed and scaled; padded lanes are zero (finite scores, never stored).
     for (std::int64_t d = 0; d < D; ++d)
@@ -220,13 +232,13 @@ struct unit_runner {
     }
 
     // Keys any query of the unit may see: the union over its heads of the mask's ranges.
-    const std::int64_t p0 = c.p0, p1 = c.p0 + c.nq;
+    const std::int64_t p0 = c.p0, p1 = c.p0 + c.nq, kv_len = a.kv_len_of(c.b);
     key_ranges ranges;
-    for (std::int64_t hi = 0; hi < c.nh; ++hi) ranges.add(policy.keys(c.b, c.h0 + hi, p0, p1, a.kv_len), a.kv_len);
+    for (std::int64_t hi = 0; hi < c.nh; ++hi) ranges.add(policy.keys(c.b, c.h0 + hi, p0, p1, kv_len), kv_len);
 
     tile_desc td;
     td.b = c.b, td.h0 = c.h0, td.nh = c.nh, td.nq = c.nq, td.p0 = p0;
-    const float* kbase = a.k + c.b * a.k_sb + c.kvh * a.k_sh;
+    const kv_rows krows = kv_rows::of(a, true, c.b, c.kvh);
     // Walks the non-empty tiles and hands each, scored and masked, to on_tile(st, k0, nk).
     // With sample > 1 it only samples: every `sample`-th key of the full tiles (no mask
     // needed there), handed over as on_tile(st, -1, rows); returns the keys of all
@@ -255,7 +267,7 @@ struct unit_runner {
             const std::int64_t first = tk0 + (sample - tk0 % sample) % sample;
             const std::int64_t rows = first < k1 ? (k1 - first + sample - 1) / sample : 0;
             if (rows == 0) continue;
-            kernels::qk_block<Arch, NV>(qt, BQ, kbase + first * a.k_ss, sample * a.k_ss, D, rows, st, BQ);
+            kernels::qk_block<Arch, NV>(qt, BQ, krows.row<float>(first), sample * krows.stride, D, rows, st, BQ);
             if (policy.has_score())
               for (std::int64_t r = 0; r < rows; ++r) {
                 td.k0 = first + r * sample;
@@ -270,7 +282,9 @@ struct unit_runner {
 
           td.k0 = tk0;
           td.nk = nk;
-          kernels::qk_block<Arch, NV>(qt, BQ, kbase + tk0 * a.k_ss, a.k_ss, D, nk, st, BQ);
+          std::int64_t ldk = 0;
+          const float* kt = krows.tile<Arch>(tk0, nk, D, kbuf, D, false, ldk);
+          kernels::qk_block<Arch, NV>(qt, BQ, kt, ldk, D, nk, st, BQ);
           if (policy.has_score()) policy.score_tile(td, st, BQ);
           if (a.softcap != 0.f) kernels::softcap_tile<Arch, NV>(st, BQ, nk, a.softcap);
           if (!all_full) policy.mask_tile(td, st, BQ);
@@ -281,7 +295,8 @@ struct unit_runner {
     };
     // A consumer may first look at a sample of the keys (top-k estimates its thresholds),
     // and may ask for the walk again after finish() (top-k when an estimate was too high).
-    if (consumer.sample_stride() > 1) {
+    // Sampling reads strided fp32 rows in place: only top-k asks, and it takes only those.
+    if (consumer.sample_stride() > 1 && !gathers(a)) {
       const walk_count n = walk(consumer.sample_stride(),
                                 [&](float* s, std::int64_t, std::int64_t rows) { consumer.sample(s, rows); });
       consumer.end_sample(n.sampled, n.keys);

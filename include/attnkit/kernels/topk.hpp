@@ -194,7 +194,7 @@ struct topk_consumer {
     void write_out() noexcept {
       constexpr float minus_inf = -std::numeric_limits<float>::infinity();
       const std::int64_t dv = a.v_dim;
-      const float* vbase = a.v + c.b * a.v_sb + c.kvh * a.v_sh;
+      const float* vbase = a.v_as<float>() + c.b * a.v_sb + c.kvh * a.v_sh;
       float* acc = top;  // the sample network is done with: one output row of scratch
       for (std::int64_t hi = 0; hi < c.nh; ++hi) {
         const std::int64_t h = c.h0 + hi;

@@ -1,0 +1,85 @@
+// The load policy of 16-bit storage: bf16 and fp16 rows widened to fp32 registers.
+//
+// Widening is exact (every bf16 and fp16 value is a float), so the kernels accumulate in
+// fp32 on the same values the reference reads. bf16 -> fp32 is a 16-bit shift on every ISA;
+// fp16 uses F16C (AVX2 level) or AVX-512's conversion, and a scalar conversion on SSE2.
+//
+// Note [Masked conversion intrinsics]: the unmasked AVX-512 forms of vpmovzxwd, vpslld and
+// vcvtph2ps are built on _mm512_undefined_* in g++ 12's headers and trip -Wuninitialized
+// at the caller (GCC bug 105593, see simd.hpp); the maskz forms with an all-ones mask
+// compile to the same instructions without it.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "../core/dtypes.hpp"
+#include "simd.hpp"
+
+namespace attnkit {
+inline namespace ATTNKIT_ISA_NS {
+namespace simd {
+
+/// W consecutive elements at p (any alignment) as one fp32 register.
+template <class Arch>
+ATTNKIT_ALWAYS_INLINE vfloat<Arch> load_widen(const float* p) noexcept {
+  return vfloat<Arch>::load_unaligned(p);
+}
+
+template <class Arch>
+ATTNKIT_ALWAYS_INLINE vfloat<Arch> load_widen(const bf16* p) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m512i w = _mm512_maskz_cvtepu16_epi32(__mmask16(0xffff), h);
+    return vfloat<Arch>(_mm512_castsi512_ps(_mm512_maskz_slli_epi32(__mmask16(0xffff), w, 16)));
+  } else
+#endif
+#if XSIMD_WITH_AVX2
+  if constexpr (std::is_base_of<xsimd::avx2, Arch>::value) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return vfloat<Arch>(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+  } else
+#endif
+  {
+    static_assert(vfloat<Arch>::size == 4, "attnkit: load_widen needs an SSE2, AVX2 or AVX-512 arch");
+    // Interleaving zeros below each 16-bit value builds the float's bit pattern directly.
+    const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return vfloat<Arch>(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h)));
+  }
+}
+
+template <class Arch>
+ATTNKIT_ALWAYS_INLINE vfloat<Arch> load_widen(const fp16* p) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return vfloat<Arch>(_mm512_maskz_cvtph_ps(__mmask16(0xffff), h));
+  } else
+#endif
+#if XSIMD_WITH_AVX2 && defined(__F16C__)
+  if constexpr (std::is_base_of<xsimd::avx2, Arch>::value) {
+    return vfloat<Arch>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  } else
+#endif
+  {
+    alignas(64) float f[vfloat<Arch>::size];
+    for (std::size_t i = 0; i < vfloat<Arch>::size; ++i) f[i] = fp16::to_float(p[i].bits);
+    return vfloat<Arch>::load_aligned(f);
+  }
+}
+
+/// dst[0, n) = src[0, n) widened to fp32, then dst[n, npad) = 0.
+template <class Arch, class T>
+ATTNKIT_ALWAYS_INLINE void widen_row(const T* ATTNKIT_RESTRICT src, float* ATTNKIT_RESTRICT dst, std::int64_t n,
+                                    std::int64_t npad) noexcept {
+  constexpr std::int64_t W = vfloat<Arch>::size;
+  std::int64_t i = 0;
+  for (; i + W <= n; i += W) load_widen<Arch>(src + i).store_unaligned(dst + i);
+  for (; i < n; ++i) dst[i] = to_float(src[i]);
+  for (; i < npad; ++i) dst[i] = 0.f;
+}
+
+}  // namespace simd
+}  // namespace ATTNKIT_ISA_NS
+}  // namespace attnkit
