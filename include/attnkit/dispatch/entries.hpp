@@ -7,6 +7,7 @@
 #pragma once
 
 #include "../core/args.hpp"
+#include "../core/linear_args.hpp"
 #include "../mask/policy.hpp"
 
 namespace attnkit {
@@ -21,4 +22,15 @@ namespace isa_entry_avx512 {
 #include "variants.def"
 }
 #undef ATTNKIT_ENTRY
+#define ATTNKIT_LINEAR_ENTRY(NAME) void NAME(const linear_args& a) noexcept;
+namespace isa_entry_sse2 {
+#include "linear_variants.def"
+}
+namespace isa_entry_avx2 {
+#include "linear_variants.def"
+}
+namespace isa_entry_avx512 {
+#include "linear_variants.def"
+}
+#undef ATTNKIT_LINEAR_ENTRY
 }  // namespace attnkit

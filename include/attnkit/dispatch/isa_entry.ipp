@@ -6,6 +6,7 @@
 #include "../kernels/dense.hpp"
 #include "../kernels/topk.hpp"
 #include "../kernels/block_topk.hpp"
+#include "../kernels/linear.hpp"
 #include "entries.hpp"
 
 namespace attnkit {
@@ -16,5 +17,9 @@ namespace ATTNKIT_ENTRY_NS {
   }
 #include "variants.def"
 #undef ATTNKIT_ENTRY
+#define ATTNKIT_LINEAR_ENTRY(NAME) \
+  void NAME(const linear_args& a) noexcept { ::attnkit::ATTNKIT_ISA_NS::detail::NAME<ATTNKIT_ENTRY_ARCH>(a); }
+#include "linear_variants.def"
+#undef ATTNKIT_LINEAR_ENTRY
 }  // namespace ATTNKIT_ENTRY_NS
 }  // namespace attnkit
