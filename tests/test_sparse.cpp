@@ -761,11 +761,11 @@ TEST_CASE("topk: exact ties go to the lower key index", "[sparse][topk][ties]") 
 
 TEST_CASE("topk: long key sequences run the sampled-threshold path (Lk >= 16 topk)", "[sparse][topk][sampled]") {
   ATTNKIT_TEST_FOR_EACH_ISA();
-  // The kernel samples every (2 topk / 16)-th key when that stride is >= 2 and
-  // Lk >= 16 topk: topk 8 (stride 1) walks without sampling, 16 .. 100 sample.
+  // The kernel samples every (topk / 4)-th key when that stride is >= 2 and
+  // Lk >= 16 topk: topk 4 (stride 1) walks without sampling, 8 .. 100 sample.
   int i = 0;
   for (index_t lk : {2000, 2600})
-    for (index_t topk : {8, 16, 24, 64, 100}) {
+    for (index_t topk : {4, 8, 16, 24, 64, 100}) {
       sparse_case c = make_case(1, 4, 2, 40, lk, 16, std::uint32_t(34000 + i), i);
       c.quantised();
       c.lse = true;
@@ -789,15 +789,15 @@ TEST_CASE("topk: long key sequences run the sampled-threshold path (Lk >= 16 top
 }
 
 TEST_CASE("topk: sampled thresholds that are too high fall back to a full re-walk", "[sparse][topk][sampled]") {
-  // The kernel samples every (2 topk / 16)-th key (absolute key index a multiple of the
-  // stride) and starts each lane's threshold at about the (2 topk)-th best score. Here
+  // The kernel samples every (topk / 4)-th key (absolute key index a multiple of the
+  // stride) and starts each lane's threshold at about the (3.25 topk)-th best score. Here
   // the sampled keys carry the largest scores of some lanes, so their threshold admits
   // fewer than topk keys and they must be walked again; other lanes (other heads) see the
   // sampled keys as ordinary and keep theirs. A few huge scores sit at non-sampled keys.
   ATTNKIT_TEST_FOR_EACH_ISA();
   int i = 0;
   for (index_t topk : {16, 32, 64}) {
-    const index_t stride = 2 * topk / 16, Lk = 20 * topk + 37, D = 16;
+    const index_t stride = topk / 4, Lk = 20 * topk + 37, D = 16;
     for (index_t lq : {1, 30}) {
       sparse_case c = make_case(1, 4, 1, lq, Lk, D, std::uint32_t(36000 + i), i);
       c.quantised();
