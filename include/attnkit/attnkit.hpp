@@ -9,4 +9,6 @@
 #include "mask/masks.hpp"
 #include "dispatch/isa.hpp"
 #include "attention.hpp"
+#include "linear.hpp"
 #include "reference/reference.hpp"
+#include "reference/linear.hpp"

@@ -118,6 +118,10 @@ struct linear_runner {
 
   const linear_args& a;
   const linear_plan<Arch>& p;
+  // The initial state; a copy of a.state_* when several units share a kv head, because the
+  // unit that writes the final state may finish before another has read the initial one.
+  const float* init_kv;
+  const float* init_z;
 
   // One unit's scratch.
   struct bufs {
@@ -191,10 +195,10 @@ struct linear_runner {
     const std::int64_t at = b * a.kv_heads + kvh;
     for (std::int64_t f = 0; f < p.dp; ++f) {
       float* row = s.S + f * p.dvp;
-      const float* src = a.state_kv ? a.state_kv + (at * p.dp + f) * a.v_dim : nullptr;
+      const float* src = init_kv ? init_kv + (at * p.dp + f) * a.v_dim : nullptr;
       for (std::int64_t j = 0; j < a.v_dim; ++j) row[j] = src ? src[j] : 0.f;
       for (std::int64_t j = a.v_dim; j < p.dvp; ++j) row[j] = 0.f;
-      s.z[f] = a.state_z ? a.state_z[at * p.dp + f] : 0.f;
+      s.z[f] = init_z ? init_z[at * p.dp + f] : 0.f;
     }
   }
   void state_out(std::int64_t b, std::int64_t kvh, const bufs& s) const noexcept {
@@ -397,7 +401,14 @@ template <class Arch>
 void linear_forward(const linear_args& a) noexcept {
   if (a.batch == 0 || a.kv_heads == 0 || a.q_heads == 0) return;
   const linear_plan<Arch> plan(a);
-  const linear_runner<Arch> runner{a, plan};
+  const std::int64_t kv_floats = a.batch * a.kv_heads * plan.dp * a.v_dim, z_floats = a.batch * a.kv_heads * plan.dp;
+  const bool copy = a.state_kv && plan.n_sub > 1;
+  simd::scratch init(copy ? std::size_t(kv_floats + z_floats) : 0);
+  if (copy) {
+    for (std::int64_t i = 0; i < kv_floats; ++i) init.get()[i] = a.state_kv[i];
+    for (std::int64_t i = 0; i < z_floats; ++i) init.get()[kv_floats + i] = a.state_z[i];
+  }
+  const linear_runner<Arch> runner{a, plan, copy ? init.get() : a.state_kv, copy ? init.get() + kv_floats : a.state_z};
   dense_args threads;  // run_units reads only the thread count and the executor
   threads.num_threads = a.num_threads;
   threads.exec = a.exec;
