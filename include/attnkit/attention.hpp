@@ -16,7 +16,7 @@
 #if ATTNKIT_RUNTIME_DISPATCH
 #include "dispatch/entries.hpp"
 #else
-#include "kernels/dense.hpp"
+#include "kernels/decode.hpp"
 #include "kernels/topk.hpp"
 #include "kernels/block_topk.hpp"
 #endif

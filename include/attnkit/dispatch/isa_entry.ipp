@@ -3,7 +3,7 @@
 // ATTNKIT_ENTRY_ARCH (the xsimd arch), and is compiled with that ISA's -march flags.
 // Nothing but Arch-templated code and ISA-namespaced code may be emitted here
 // (Note [ISA namespaces] in config.hpp).
-#include "../kernels/dense.hpp"
+#include "../kernels/decode.hpp"
 #include "../kernels/topk.hpp"
 #include "../kernels/block_topk.hpp"
 #include "../kernels/linear.hpp"

@@ -353,12 +353,6 @@ void flash_run(const dense_args& a, const Policy& policy) noexcept {
   run_units(a, plan.units, plan.walker_floats(a) + Consumer::scratch_floats(a, plan), runner);
 }
 
-/// Dense attention with a mask (or a mask_ref from the runtime-dispatch entry).
-template <class Arch, class Mask>
-void dense_forward(const dense_args& a, const Mask& mask) noexcept {
-  flash_run<Arch, dense_consumer>(a, policy_of(mask));
-}
-
 }  // namespace detail
 }  // namespace ATTNKIT_ISA_NS
 }  // namespace attnkit

@@ -52,6 +52,19 @@ struct kv_rows {
     return b + std::int64_t(pages[t / page_size]) * page_stride + (t % page_size) * stride;
   }
 
+  /// Asks for rows [t0, t0 + n) of `bytes` each to be brought into cache. Decode streams
+  /// the cache tile by tile; fetching the next tile while this one computes keeps the
+  /// memory busy (the hardware prefetcher alone leaves gaps at every switch between the K
+  /// and V streams).
+  void prefetch(std::int64_t t0, std::int64_t n, std::int64_t bytes) const noexcept {
+    const std::int64_t elem = type == dtype::f32 ? 4 : 2;
+    for (std::int64_t t = t0; t < t0 + n; ++t) {
+      const char* p = static_cast<const char*>(base) + (pages ? std::int64_t(pages[t / page_size]) * page_stride + (t % page_size) * stride
+                                                              : t * stride) * elem;
+      for (std::int64_t x = 0; x < bytes; x += 64) __builtin_prefetch(p + x, 0, 3);
+    }
+  }
+
   /// fp32 rows [t0, t0 + n) of `dim` elements: returns the first row and sets `ld` to the
   /// distance between rows. In place when possible; else widened/gathered into `buf`
   /// ([n][ld_buf], rows zero-padded to ld_buf). `padded` asks for rows that can be read in

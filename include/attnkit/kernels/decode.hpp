@@ -1,0 +1,281 @@
+// The decode driver: short queries (Lq <= decode_max_q) against a long KV cache.
+//
+// Decode is a stream over the cache: the time is the time to read K and V once. So
+//   - a unit holds every query row of a KV group (all its query heads times all Lq queries,
+//     when they fit the lanes, as in the flash driver), so each K/V row is read once per step
+//     for all of them;
+//   - the key sequence is split into chunks that depend on the problem size only; units are
+//     (batch, kv head, head sub-group, query block, chunk), processed in any order on any
+//     number of threads, each writing a partial result (output normalised over its chunk,
+//     and lse); a second pass merges the partials in chunk order (merge.hpp). So the output
+//     is bitwise identical for any thread count;
+//   - the micro-kernels put the head dimension in the lanes (Note [Rows in registers] in
+//     micro_rows.hpp) and read K/V through kv_rows (fp32 in place, bf16/fp16 widened, pages
+//     gathered);
+//   - masks work as in the flash driver: only the key ranges the mask reports are visited,
+//     so a sliding window reads only the window.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "dense.hpp"
+#include "kv_rows.hpp"
+#include "merge.hpp"
+#include "micro_rows.hpp"
+
+namespace attnkit {
+inline namespace ATTNKIT_ISA_NS {
+namespace detail {
+
+/// attention() takes the decode path for Lq up to this many query rows.
+constexpr std::int64_t decode_max_q = 16;
+
+template <class Arch>
+struct decode_plan {
+  static constexpr int W = dense_plan<Arch>::W;
+  static constexpr int BQ = dense_plan<Arch>::BQ;
+  static constexpr std::int64_t bk = 64;  // keys per tile (the grid)
+
+  dense_plan<Arch> rows;  // heads and queries per unit, as in the flash driver
+  std::int64_t dp = 0, dvp = 0;   // dims padded to whole vectors
+  std::int64_t chunk = 0, n_split = 1;
+  std::int64_t groups = 0, units = 0;
+  std::int64_t slot = 0;  // floats of one unit's partial result: rows x (v_dim + 1)
+
+  explicit decode_plan(const dense_args& a) : rows(a, 0) {
+    dp = (a.qk_dim + W - 1) / W * W;
+    dvp = (a.v_dim + W - 1) / W * W;
+    groups = a.batch * a.kv_heads * rows.n_hsub * rows.n_qblk;
+    // Enough chunks for about 256 units (load balance on any core count), each at least
+    // 256 keys so that a chunk's fixed costs stay small; a function of the shape only.
+    const std::int64_t L = a.kv_len > 0 ? a.kv_len : 1;
+    std::int64_t want = (256 + groups - 1) / groups;
+    const std::int64_t most = (L + 255) / 256;
+    if (want > most) want = most;
+    if (want < 1) want = 1;
+    chunk = ((L + want - 1) / want + bk - 1) / bk * bk;
+    n_split = (L + chunk - 1) / chunk;
+    units = groups * n_split;
+    slot = rows.nh * rows.nq * (a.v_dim + 1);
+  }
+
+  /// Per-thread scratch: Q rows [BQ][dp], O rows [BQ][dvp], St [bk][BQ], m, l, alpha, and
+  /// K and V tiles [bk][dp], [bk][dvp].
+  std::int64_t scratch_floats() const noexcept { return BQ * (dp + dvp + bk + 3) + bk * (dp + dvp); }
+};
+
+template <class Arch, class Policy>
+struct decode_runner {
+  const dense_args& a;
+  const Policy& policy;
+  const decode_plan<Arch>& plan;
+  float* parts;  // [units][slot]
+
+  static constexpr int W = decode_plan<Arch>::W;
+  static constexpr int BQ = decode_plan<Arch>::BQ;
+
+  unit_coords coords(std::int64_t g) const noexcept {
+    const dense_plan<Arch>& p = plan.rows;
+    const std::int64_t qb = g % p.n_qblk;
+    g /= p.n_qblk;
+    const std::int64_t hs = g % p.n_hsub;
+    g /= p.n_hsub;
+    unit_coords c;
+    c.kvh = g % a.kv_heads;
+    c.b = g / a.kv_heads;
+    c.h0 = c.kvh * p.group + hs * p.nh;
+    c.nh = p.group - hs * p.nh < p.nh ? p.group - hs * p.nh : p.nh;
+    c.i0 = qb * p.nq;
+    c.nq = a.q_len - c.i0 < p.nq ? a.q_len - c.i0 : p.nq;
+    c.p0 = c.i0 + a.kv_len_of(c.b) - a.q_len;
+    return c;
+  }
+
+  void operator()(std::int64_t unit, float* ws) const noexcept {
+    const unit_coords c = coords(unit / plan.n_split);
+    const std::int64_t split = unit % plan.n_split;
+    const int rows = int(c.nh * c.nq);
+    const int nv = (rows + W - 1) / W;
+    switch (nv) {
+      case 1: run_rows<1>(c, split, ws, parts + unit * plan.slot); break;
+      case 2: run_rows<nv_cap(2)>(c, split, ws, parts + unit * plan.slot); break;
+      case 3: run_rows<nv_cap(3)>(c, split, ws, parts + unit * plan.slot); break;
+      default: run_rows<nv_cap(4)>(c, split, ws, parts + unit * plan.slot); break;
+    }
+  }
+
+  static constexpr int nv_cap(int n) noexcept {
+    return n <= dense_plan<Arch>::NVMAX ? n : dense_plan<Arch>::NVMAX;
+  }
+
+  // Few rows: dim-in-lanes kernels (micro_rows.hpp) in blocks of RB rows. From two full
+  // vectors of rows on, the flash driver's queries-in-lanes kernels use the lanes well and
+  // win (RB = 0 selects them).
+  template <int NV>
+  void run_rows(const unit_coords& c, std::int64_t split, float* ws, float* part) const noexcept {
+    const int rows = int(c.nh * c.nq);
+    if (rows == 1)
+      run<NV, 1>(c, split, ws, part);
+    else if (rows == 2)
+      run<NV, 2>(c, split, ws, part);
+    else if (rows < 2 * W)
+      run<NV, 4>(c, split, ws, part);
+    else
+      run<NV, 0>(c, split, ws, part);
+  }
+
+  template <int NV, int RB>
+  void run(const unit_coords& c, std::int64_t split, float* ws, float* part) const noexcept {
+    constexpr float minus_inf = -std::numeric_limits<float>::infinity();
+    const std::int64_t D = a.qk_dim, DV = a.v_dim, dp = plan.dp, dvp = plan.dvp, bk = plan.bk;
+    constexpr bool lanes = RB == 0;  // queries-in-lanes kernels
+    const int rows = int(c.nh * c.nq);
+    const int rp = lanes ? rows : (rows + RB - 1) / RB * RB;
+    float* qr = ws;              // [BQ][dp] rows, or Qt [D][BQ]
+    float* o = qr + BQ * dp;     // [BQ][dvp] rows, or Ot [DV][BQ]
+    float* st = o + BQ * dvp;    // [bk][BQ]
+    float* m = st + bk * BQ;
+    float* l = m + BQ;
+    float* alpha = l + BQ;
+    float* kbuf = alpha + BQ;    // [bk][dp]
+    float* vbuf = kbuf + bk * dp;  // [bk][dvp]
+
+    // The chunk's keys any row may see: the mask's ranges clipped to the chunk.
+    const std::int64_t kv_len = a.kv_len_of(c.b), p0 = c.p0, p1 = c.p0 + c.nq;
+    const std::int64_t kb = split * plan.chunk, ke = kb + plan.chunk < kv_len ? kb + plan.chunk : kv_len;
+    key_ranges ranges;
+    if (kb < ke)
+      for (std::int64_t hi = 0; hi < c.nh; ++hi) {
+        const key_ranges r = policy.keys(c.b, c.h0 + hi, p0, p1, kv_len);
+        for (int i = 0; i < r.count; ++i)
+          ranges.add(r.r[i].begin > kb ? r.r[i].begin : kb, r.r[i].end < ke ? r.r[i].end : ke, kv_len);
+      }
+
+    bool packed = false;
+    tile_desc td;
+    td.b = c.b, td.h0 = c.h0, td.nh = c.nh, td.nq = c.nq, td.p0 = p0;
+    const kv_rows krows = kv_rows::of(a, true, c.b, c.kvh), vrows = kv_rows::of(a, false, c.b, c.kvh);
+    for (int ri = 0; ri < ranges.count; ++ri) {
+      for (std::int64_t k0 = ranges.r[ri].begin; k0 < ranges.r[ri].end;) {
+        const std::int64_t cell_end = (k0 / bk + 1) * bk;
+        const std::int64_t k1 = cell_end < ranges.r[ri].end ? cell_end : ranges.r[ri].end;
+        const std::int64_t tk0 = k0, nk = k1 - k0;
+        k0 = k1;
+        bool any = false, all_full = true;
+        for (std::int64_t hi = 0; hi < c.nh; ++hi) {
+          const tile_kind t = policy.classify(c.b, c.h0 + hi, p0, p1, tk0, k1);
+          any = any || t != tile_kind::empty;
+          all_full = all_full && t == tile_kind::full;
+        }
+        if (!any) continue;
+        if (!packed) {  // only units that see a key pay for packing
+          pack<lanes>(c, rp, qr, o, st, m, l);
+          packed = true;
+        }
+        // The next tile of this range, while this one computes.
+        const std::int64_t nn = ranges.r[ri].end - k1 < bk ? ranges.r[ri].end - k1 : bk;
+        if (nn > 0) {
+          krows.prefetch(k1, nn, D * (a.kv_type == dtype::f32 ? 4 : 2));
+          vrows.prefetch(k1, nn, DV * (a.kv_type == dtype::f32 ? 4 : 2));
+        }
+        std::int64_t ldk = 0, ldv = 0;
+        const float* kt = krows.tile<Arch>(tk0, nk, D, kbuf, lanes ? D : dp, !lanes, ldk);
+        if constexpr (lanes)
+          kernels::qk_block<Arch, NV>(qr, BQ, kt, ldk, D, nk, st, BQ);
+        else
+          for (int r0 = 0; r0 < rp; r0 += RB) kernels::qk_rows<Arch, RB>(qr + r0 * dp, dp, kt, ldk, dp, nk, st + r0, BQ);
+        td.k0 = tk0;
+        td.nk = nk;
+        if (policy.has_score()) policy.score_tile(td, st, BQ);
+        if (a.softcap != 0.f) kernels::softcap_tile<Arch, NV>(st, BQ, nk, a.softcap);
+        if (!all_full) policy.mask_tile(td, st, BQ);
+        kernels::online_softmax<Arch, NV>(st, BQ, nk, m, l, alpha);
+        const float* vt = vrows.tile<Arch>(tk0, nk, DV, vbuf, lanes ? DV : dvp, !lanes, ldv);
+        if constexpr (lanes)
+          kernels::pv_block<Arch, NV>(o, BQ, alpha, st, BQ, vt, ldv, DV, nk);
+        else
+          for (int r0 = 0; r0 < rp; r0 += RB)
+            kernels::pv_rows<Arch, RB>(o + r0 * dvp, dvp, alpha + r0, st + r0, BQ, vt, ldv, dvp, nk);
+      }
+    }
+
+    // Partial result per row: output normalised over this chunk, and its lse.
+    for (int r = 0; r < rows; ++r) {
+      float* pr = part + r * (DV + 1);
+      const bool seen = packed && l[r] > 0.f;
+      const float inv = seen ? 1.f / l[r] : 0.f;
+      for (std::int64_t j = 0; j < DV; ++j) pr[j] = seen ? (lanes ? o[j * BQ + r] : o[r * dvp + j]) * inv : 0.f;
+      pr[DV] = seen ? m[r] + std::log(l[r]) : minus_inf;
+    }
+  }
+
+  // Q scaled: rows zero-padded (rows up to rp, dims up to dp), or transposed Qt [D][BQ]
+  // with zero lanes past the rows; O = 0; St lanes past the rows stay 0 (finite) for the
+  // vector softmax; m = -inf, l = 0.
+  template <bool lanes>
+  void pack(const unit_coords& c, int rp, float* qr, float* o, float* st, float* m, float* l) const noexcept {
+    const std::int64_t D = a.qk_dim, dp = plan.dp, dvp = plan.dvp;
+    const std::int64_t nq = lanes ? D * BQ : std::int64_t(rp) * dp, no = lanes ? a.v_dim * BQ : std::int64_t(rp) * dvp;
+    for (std::int64_t i = 0; i < nq; ++i) qr[i] = 0.f;
+    for (std::int64_t i = 0; i < no; ++i) o[i] = 0.f;
+    const std::int64_t used = (rp + W - 1) / W * W;  // lanes the vector softmax reads
+    for (std::int64_t t = 0; t < plan.bk; ++t)
+      for (std::int64_t x = 0; x < used; ++x) st[t * BQ + x] = 0.f;
+    for (int x = 0; x < BQ; ++x) {
+      m[x] = -std::numeric_limits<float>::infinity();
+      l[x] = 0.f;
+    }
+    for (std::int64_t hi = 0; hi < c.nh; ++hi) {
+      const float* qh = a.q + c.b * a.q_sb + (c.h0 + hi) * a.q_sh;
+      for (std::int64_t r = 0; r < c.nq; ++r) {
+        const float* qrow = qh + (c.i0 + r) * a.q_ss;
+        const std::int64_t row = hi * c.nq + r;
+        for (std::int64_t d = 0; d < D; ++d) (lanes ? qr[d * BQ + row] : qr[row * dp + d]) = qrow[d] * a.scale;
+      }
+    }
+  }
+
+  // Merges the chunks of group g, row by row, into out and lse (sink logits join here).
+  void merge(std::int64_t g) const noexcept {
+    const unit_coords c = coords(g);
+    const std::int64_t DV = a.v_dim;
+    const float* first = parts + g * plan.n_split * plan.slot;
+    for (std::int64_t hi = 0; hi < c.nh; ++hi) {
+      const std::int64_t h = c.h0 + hi;
+      for (std::int64_t r = 0; r < c.nq; ++r) {
+        const float* row0 = first + (hi * c.nq + r) * (DV + 1);
+        auto out_of = [&](std::int64_t s) { return row0 + s * plan.slot; };
+        auto lse_of = [&](std::int64_t s) { return row0[s * plan.slot + DV]; };
+        float* orow = a.out + c.b * a.o_sb + h * a.o_sh + (c.i0 + r) * a.o_ss;
+        const float lse = merge_row(plan.n_split, lse_of, out_of, a.sinks ? a.sinks + h : nullptr, orow, DV);
+        if (a.lse) a.lse[c.b * a.l_sb + h * a.l_sh + (c.i0 + r) * a.l_ss] = lse;
+      }
+    }
+  }
+};
+
+template <class Arch, class Policy>
+void decode_run(const dense_args& a, const Policy& policy) noexcept {
+  if (a.batch == 0 || a.q_heads == 0 || a.q_len == 0) return;
+  const decode_plan<Arch> plan(a);
+  simd::scratch parts(static_cast<std::size_t>(plan.units * plan.slot));
+  const decode_runner<Arch, Policy> runner{a, policy, plan, parts.get()};
+  run_units(a, plan.units, plan.scratch_floats(), runner);
+  run_units(a, plan.groups, 0, [&](std::int64_t g, float*) { runner.merge(g); });
+}
+
+/// Dense attention with a mask (or a mask_ref from the runtime-dispatch entry): the decode
+/// driver for short queries, the flash driver otherwise.
+template <class Arch, class Mask>
+void dense_forward(const dense_args& a, const Mask& mask) noexcept {
+  if (a.q_len <= decode_max_q)
+    decode_run<Arch>(a, policy_of(mask));
+  else
+    flash_run<Arch, dense_consumer>(a, policy_of(mask));
+}
+
+}  // namespace detail
+}  // namespace ATTNKIT_ISA_NS
+}  // namespace attnkit

@@ -1,0 +1,139 @@
+// Micro-kernels of the decode driver: few query rows against many keys, dim in the lanes.
+//
+// Note [Rows in registers]: decode has few query rows per K/V row (the heads of a group
+// times a handful of queries), so the queries-in-lanes kernels of micro.hpp would leave most
+// lanes empty and broadcast every K and V element. Here the head dimension runs along the
+// lanes instead: Q.K^T accumulates RB rows x KB keys (RB * KB = W) partial dot products and
+// folds them with one horizontal pass (xsimd::haddp); P.V broadcasts each probability and
+// streams whole V vectors. Both read K and V rows as whole vectors, so rows must be padded
+// to the vector width (kv_rows::tile with `padded`). The score tile keeps the
+// queries-in-lanes layout St[key][row] of the flash driver, so masks, score modifiers,
+// softcap and the online softmax are shared with it.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "../simd/simd.hpp"
+
+namespace attnkit {
+inline namespace ATTNKIT_ISA_NS {
+namespace kernels {
+
+// hsum_rows: lane i of the result = the sum of the lanes of acc[i], for W accumulators.
+// AVX-512 has its own reduction tree: xsimd::haddp there uses _mm512_shuffle_f32x4, which
+// trips g++ 12's -Wuninitialized (Note [Masked conversion intrinsics] in simd/convert.hpp);
+// the maskz forms below are the same instructions.
+template <class Arch>
+ATTNKIT_ALWAYS_INLINE simd::vfloat<Arch> hsum_rows(const simd::vfloat<Arch>* acc) noexcept {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value) {
+    constexpr __mmask16 all = 0xffff;
+    __m512 x[8], y[4], z[2];
+    // x[i]: 128-bit blocks 0-1 hold 8 partial sums of acc[i], blocks 2-3 those of acc[i + 8]
+    for (int i = 0; i < 8; ++i) {
+      const __m512 a = acc[i], b = acc[i + 8];
+      x[i] = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(all, a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                           _mm512_maskz_shuffle_f32x4(all, a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    // y[i]: blocks hold 4 partial sums of acc[i], acc[i + 8], acc[i + 4], acc[i + 12]
+    for (int i = 0; i < 4; ++i)
+      y[i] = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(all, x[i], x[i + 4], _MM_SHUFFLE(2, 0, 2, 0)),
+                           _mm512_maskz_shuffle_f32x4(all, x[i], x[i + 4], _MM_SHUFFLE(3, 1, 3, 1)));
+    // z[0] block 0: 2 partial sums each of acc[0], acc[1]; z[1] block 0: of acc[2], acc[3]; ...
+    for (int i = 0; i < 2; ++i)
+      z[i] = _mm512_add_ps(_mm512_maskz_shuffle_ps(all, y[2 * i], y[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                           _mm512_maskz_shuffle_ps(all, y[2 * i], y[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    // blocks now hold the sums of acc[0-3], acc[8-11], acc[4-7], acc[12-15]: swap the middle two
+    const __m512 w = _mm512_add_ps(_mm512_maskz_shuffle_ps(all, z[0], z[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_maskz_shuffle_ps(all, z[0], z[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return simd::vfloat<Arch>(_mm512_maskz_shuffle_f32x4(all, w, w, _MM_SHUFFLE(3, 1, 2, 0)));
+  } else
+#endif
+  {
+    return xsimd::haddp(acc);
+  }
+}
+
+// qk_rows: St[t][r] = sum_{d < dp} Q[r][d] * K[t][d] for r < RB, t < nk.
+//   Q: RB rows at q + r * ld_q (aligned, zero-padded to dp, a multiple of W);
+//   K rows at k + t * ld_k, readable up to dp; St: [nk][ld_s], only lanes [0, RB) written.
+template <class Arch, int RB>
+inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const float* ATTNKIT_RESTRICT k,
+                    std::int64_t ld_k, std::int64_t dp, std::int64_t nk, float* ATTNKIT_RESTRICT st,
+                    std::int64_t ld_s) noexcept {
+  using B = simd::vfloat<Arch>;
+  constexpr int W = int(B::size);
+  static_assert(RB >= 1 && W % RB == 0, "RB must divide the vector width");
+  constexpr int KB = W / RB;
+  alignas(64) float tmp[W];
+  for (std::int64_t t0 = 0; t0 < nk; t0 += KB) {
+    const int kn = nk - t0 < KB ? int(nk - t0) : KB;
+    // Past the last key the kernel re-reads the last row; those sums are never stored.
+    const float* kp[KB];
+    for (int j = 0; j < KB; ++j) kp[j] = k + (t0 + (j < kn ? j : kn - 1)) * ld_k;
+    B acc[W];
+    for (int i = 0; i < W; ++i) acc[i] = B(0.f);
+    for (std::int64_t d = 0; d < dp; d += W) {
+      B qv[RB], kv[KB];
+      for (int r = 0; r < RB; ++r) qv[r] = B::load_aligned(q + r * ld_q + d);
+      for (int j = 0; j < KB; ++j) kv[j] = B::load_unaligned(kp[j] + d);
+      for (int j = 0; j < KB; ++j)
+        for (int r = 0; r < RB; ++r) acc[j * RB + r] = xsimd::fma(qv[r], kv[j], acc[j * RB + r]);
+    }
+    const B s = hsum_rows<Arch>(acc);  // lane j * RB + r = row r . key t0 + j
+    if (RB == W) {
+      s.store_unaligned(st + t0 * ld_s);
+    } else {
+      s.store_aligned(tmp);
+      for (int j = 0; j < kn; ++j) std::memcpy(st + (t0 + j) * ld_s, tmp + j * RB, RB * sizeof(float));
+    }
+  }
+}
+
+// pv_rows: O[r][0:dvp] = alpha[r] * O[r] + sum_{t < nk} P[t][r] * V[t][0:dvp] for r < RB.
+//   O: RB rows at o + r * ld_o (aligned, dvp a multiple of W); P: [nk][ld_p] (lanes = rows);
+//   V rows at v + t * ld_v, readable up to dvp. Like pv_tile, the tile's sum starts at zero
+//   and joins the running output once (two-level summation).
+template <class Arch, int RB, int CV>
+ATTNKIT_ALWAYS_INLINE void pv_rows_cols(float* ATTNKIT_RESTRICT o, std::int64_t ld_o, const float* ATTNKIT_RESTRICT alpha,
+                                        const float* ATTNKIT_RESTRICT p, std::int64_t ld_p,
+                                        const float* ATTNKIT_RESTRICT v, std::int64_t ld_v, std::int64_t nk) noexcept {
+  using B = simd::vfloat<Arch>;
+  constexpr int W = int(B::size);
+  B acc[RB][CV];
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < CV; ++c) acc[r][c] = B(0.f);
+  for (std::int64_t t = 0; t < nk; ++t) {
+    B vv[CV];
+    for (int c = 0; c < CV; ++c) vv[c] = B::load_unaligned(v + t * ld_v + c * W);
+    for (int r = 0; r < RB; ++r) {
+      const B pb(p[t * ld_p + r]);
+      for (int c = 0; c < CV; ++c) acc[r][c] = xsimd::fma(pb, vv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    const B a(alpha[r]);
+    for (int c = 0; c < CV; ++c) {
+      float* op = o + r * ld_o + c * W;
+      xsimd::fma(B::load_aligned(op), a, acc[r][c]).store_aligned(op);
+    }
+  }
+}
+
+template <class Arch, int RB>
+inline void pv_rows(float* o, std::int64_t ld_o, const float* alpha, const float* p, std::int64_t ld_p,
+                    const float* v, std::int64_t ld_v, std::int64_t dvp, std::int64_t nk) noexcept {
+  constexpr int W = int(simd::vfloat<Arch>::size);
+  // Accumulators RB x CV plus CV loads fit the register file (32 zmm, else 16).
+  constexpr int regs = W == 16 ? 16 : 8;
+  constexpr int CV = regs / RB > 4 ? 4 : regs / RB;
+  std::int64_t j = 0;
+  for (; j + CV * W <= dvp; j += CV * W) pv_rows_cols<Arch, RB, CV>(o + j, ld_o, alpha, p, ld_p, v + j, ld_v, nk);
+  for (; j < dvp; j += W) pv_rows_cols<Arch, RB, 1>(o + j, ld_o, alpha, p, ld_p, v + j, ld_v, nk);
+}
+
+}  // namespace kernels
+}  // namespace ATTNKIT_ISA_NS
+}  // namespace attnkit
