@@ -9,6 +9,7 @@
 #include "mask/masks.hpp"
 #include "dispatch/isa.hpp"
 #include "attention.hpp"
+#include "paged.hpp"
 #include "linear.hpp"
 #include "reference/reference.hpp"
 #include "reference/linear.hpp"

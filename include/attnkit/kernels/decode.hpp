@@ -4,11 +4,12 @@
 //   - a unit holds every query row of a KV group (all its query heads times all Lq queries,
 //     when they fit the lanes, as in the flash driver), so each K/V row is read once per step
 //     for all of them;
-//   - the key sequence is split into chunks that depend on the problem size only; units are
+//   - each sequence's keys are split into chunks that depend on its length only; units are
 //     (batch, kv head, head sub-group, query block, chunk), processed in any order on any
 //     number of threads, each writing a partial result (output normalised over its chunk,
 //     and lse); a second pass merges the partials in chunk order (merge.hpp). So the output
-//     is bitwise identical for any thread count;
+//     is bitwise identical for any thread count, and a sequence of a ragged (paged) batch
+//     gets exactly what it gets alone;
 //   - the micro-kernels put the head dimension in the lanes (Note [Rows in registers] in
 //     micro_rows.hpp) and read K/V through kv_rows (fp32 in place, bf16/fp16 widened, pages
 //     gathered);
@@ -40,7 +41,7 @@ struct decode_plan {
 
   dense_plan<Arch> rows;  // heads and queries per unit, as in the flash driver
   std::int64_t dp = 0, dvp = 0;   // dims padded to whole vectors
-  std::int64_t chunk = 0, n_split = 1;
+  std::int64_t n_split = 1;  // chunks of the sequence with the most
   std::int64_t groups = 0, units = 0;
   std::int64_t slot = 0;  // floats of one unit's partial result: rows x (v_dim + 1)
 
@@ -48,17 +49,21 @@ struct decode_plan {
     dp = (a.qk_dim + W - 1) / W * W;
     dvp = (a.v_dim + W - 1) / W * W;
     groups = a.batch * a.kv_heads * rows.n_hsub * rows.n_qblk;
-    // Enough chunks for about 256 units (load balance on any core count), each at least
-    // 256 keys so that a chunk's fixed costs stay small; a function of the shape only.
-    const std::int64_t L = a.kv_len > 0 ? a.kv_len : 1;
-    std::int64_t want = (256 + groups - 1) / groups;
-    const std::int64_t most = (L + 255) / 256;
-    if (want > most) want = most;
-    if (want < 1) want = 1;
-    chunk = ((L + want - 1) / want + bk - 1) / bk * bk;
-    n_split = (L + chunk - 1) / chunk;
+    n_split = 1;
+    for (std::int64_t b = 0; b < (a.seq_lens ? a.batch : 1); ++b) {
+      const std::int64_t len = a.kv_len_of(b), n = (len + chunk(len) - 1) / chunk(len);
+      n_split = n > n_split ? n : n_split;
+    }
     units = groups * n_split;
     slot = rows.nh * rows.nq * (a.v_dim + 1);
+  }
+
+  /// Keys per chunk of a sequence of `len` keys: up to 32 chunks (work for many cores even
+  /// with one KV head), at least 256 keys each so that a chunk's fixed costs stay small, on
+  /// the tile grid. Depends on the length only.
+  static std::int64_t chunk(std::int64_t len) noexcept {
+    const std::int64_t c = ((len + 31) / 32 + bk - 1) / bk * bk;
+    return c > 256 ? c : 256;
   }
 
   /// Per-thread scratch: Q rows [BQ][dp], O rows [BQ][dvp], St [bk][BQ], m, l, alpha, and
@@ -144,7 +149,8 @@ struct decode_runner {
 
     // The chunk's keys any row may see: the mask's ranges clipped to the chunk.
     const std::int64_t kv_len = a.kv_len_of(c.b), p0 = c.p0, p1 = c.p0 + c.nq;
-    const std::int64_t kb = split * plan.chunk, ke = kb + plan.chunk < kv_len ? kb + plan.chunk : kv_len;
+    const std::int64_t chunk = decode_plan<Arch>::chunk(kv_len);
+    const std::int64_t kb = split * chunk, ke = kb + chunk < kv_len ? kb + chunk : kv_len;
     key_ranges ranges;
     if (kb < ke)
       for (std::int64_t hi = 0; hi < c.nh; ++hi) {
