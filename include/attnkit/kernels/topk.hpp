@@ -25,7 +25,7 @@ inline namespace ATTNKIT_ISA_NS {
 namespace detail {
 
 struct topk_consumer {
-  static constexpr int max_rank = 16;  // depth of the per-lane sample network
+  static constexpr int max_rank = 13;  // depth of the per-lane sample network: the rank used
   static constexpr int pass_rows = 16;  // St rows compared before their candidates are filed
 
   // A lane's buffer holds up to topk + slack candidates (padded to whole vectors); when it
@@ -42,9 +42,9 @@ struct topk_consumer {
   template <class Arch>
   static std::int64_t scratch_floats(const dense_args& a, const dense_plan<Arch>&) noexcept {
     // scores [BQ][cap], keys [BQ][cap] (int64), counts [BQ] (int64), thresholds [BQ],
-    // sampled flags [BQ], sample network [max_rank][BQ], and one pass's candidates (score,
-    // lane, row) [pass_rows + 1][BQ] each (the extra row: full-vector stores past the end)
-    return dense_plan<Arch>::BQ * (3 * capacity<Arch>(a.topk) + 4 + max_rank + 3 * (pass_rows + 1));
+    // sampled flags [BQ], sample network [max_rank][BQ], and one pass's candidates
+    // [pass_rows + 1][BQ] (int32; the extra row takes full-vector stores past the end)
+    return dense_plan<Arch>::BQ * (3 * capacity<Arch>(a.topk) + 4 + max_rank + pass_rows + 1);
   }
 
   template <class Arch, int NV>
@@ -62,9 +62,7 @@ struct topk_consumer {
     float* thr;           // [BQ]: a score must exceed this to become a candidate
     bool* sampled;        // [BQ]: the lane's threshold came from samples
     float* top;           // [max_rank][BQ]: best sampled scores per lane, descending
-    float* ps;            // one pass's candidates in row order: score,
-    std::int32_t* pl;     //   lane,
-    std::int32_t* pk;     //   row in the tile
+    std::int32_t* pl;     // one pass's candidates in row order, as offsets into St
     std::int64_t stride = 0;
     std::int64_t target = 0;  // keys the sampled threshold should admit per lane
     bool rerun = false;
@@ -73,8 +71,8 @@ struct topk_consumer {
         : a(a_), c(c_), cap(capacity<Arch>(a_.topk)), lanes(int(c_.nh * c_.nq)), sc(ws),
           key(reinterpret_cast<std::int64_t*>(ws + BQ * cap)),
           count(reinterpret_cast<std::int64_t*>(ws + 3 * BQ * cap)), thr(ws + 3 * BQ * cap + 2 * BQ),
-          sampled(reinterpret_cast<bool*>(thr + BQ)), top(thr + 2 * BQ), ps(top + max_rank * BQ),
-          pl(reinterpret_cast<std::int32_t*>(ps + (pass_rows + 1) * BQ)), pk(pl + (pass_rows + 1) * BQ) {
+          sampled(reinterpret_cast<bool*>(thr + BQ)), top(thr + 2 * BQ),
+          pl(reinterpret_cast<std::int32_t*>(top + max_rank * BQ)) {
       constexpr float inf = std::numeric_limits<float>::infinity();
       for (int x = 0; x < BQ; ++x) {
         thr[x] = x < lanes ? -inf : inf;  // padded lanes never take candidates
@@ -82,14 +80,15 @@ struct topk_consumer {
         sampled[x] = false;
       }
       // Sample every `stride`-th key (stride topk / 4) and start each lane's threshold at
-      // the sampled score that about 3.25 topk of all its keys should beat (rank 13 of the
-      // samples): far fewer candidates than a threshold that starts at -inf. The threshold
+      // the sampled score that about 3.25 topk of all its keys should beat (rank max_rank =
+      // 13 of the samples of fully sampled keys; partly sampled walks aim at the same
+      // count): far fewer candidates than a threshold that starts at -inf. The threshold
       // fails (admits fewer than topk keys, and the unit is walked again) when 13 samples
       // land among the lane's topk best keys: about 1.4e-4 per lane for random scores, 1%
       // of 64-lane units. A lower rank admits fewer candidates but fails more often; a
       // shorter stride costs more Q.K. Short walks skip sampling.
       stride = a.topk / 4;
-      target = (13 * a.topk + 3) / 4;
+      target = max_rank * stride;
       if (stride < 2 || a.kv_len_of(c.b) < 16 * a.topk) stride = 0;
       for (int j = 0; j < max_rank; ++j)
         for (int x = 0; x < BQ; ++x) top[j * BQ + x] = -inf;
@@ -97,18 +96,23 @@ struct topk_consumer {
 
     std::int64_t sample_stride() const noexcept { return stride; }
 
-    // Insertion network: keeps the `max_rank` largest sampled scores of every lane.
+    // Insertion network: keeps the `max_rank` largest sampled scores of every lane, one
+    // lane vector at a time in registers.
     void sample(float* st, std::int64_t rows) noexcept {
-      for (std::int64_t kk = 0; kk < rows; ++kk)
-        for (int n = 0; n < NV; ++n) {
+      for (int n = 0; n < NV; ++n) {
+        B t[max_rank];
+        for (int j = 0; j < max_rank; ++j) t[j] = B::load_aligned(top + j * BQ + n * W);
+        for (std::int64_t kk = 0; kk < rows; ++kk) {
           B x = B::load_aligned(st + kk * BQ + n * W);
           for (int j = 0; j < max_rank; ++j) {
-            float* t = top + j * BQ + n * W;
-            const B cur = B::load_aligned(t);
-            simd::max<Arch>(cur, x).store_aligned(t);
-            x = xsimd::select(cur < x, cur, x);
+            const auto up = t[j] < x;
+            const B cur = t[j];
+            t[j] = xsimd::select(up, x, cur);
+            x = xsimd::select(up, cur, x);
           }
         }
+        for (int j = 0; j < max_rank; ++j) t[j].store_aligned(top + j * BQ + n * W);
+      }
     }
 
     // `n_sampled` of the `keys` walked were sampled: the rank-th best sample is beaten by
@@ -252,45 +256,34 @@ struct topk_consumer {
       }
     }
 
-    // Compares St rows [r0, r1) with the thresholds and lists the candidates in row order:
-    // (score, lane, row) at ps/pl/pk. Returns how many.
+    // Compares St rows [r0, r1) with the thresholds and lists the candidates in row order
+    // as offsets into St (row * BQ + lane). Returns how many.
     std::int64_t collect(const float* st, std::int64_t r0, std::int64_t r1) noexcept {
       std::int64_t p = 0;
 #if XSIMD_WITH_AVX512F
       if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value) {
-        // Branch-free: compressed full-vector stores (the lists have a spare row at the
-        // end), so a row's unpredictable number of candidates costs no mispredictions.
+        // Branch-free: compressed full-vector stores (the list has a spare row at the end),
+        // so a row's unpredictable number of candidates costs no mispredictions.
         __m512 t[NV];
         for (int n = 0; n < NV; ++n) t[n] = _mm512_load_ps(thr + n * W);
         const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        for (std::int64_t kk = r0; kk < r1; ++kk) {
-          const __m512i row = _mm512_set1_epi32(std::int32_t(kk));
+        for (std::int64_t kk = r0; kk < r1; ++kk)
           for (int n = 0; n < NV; ++n) {
-            const __m512 x = _mm512_load_ps(st + kk * BQ + n * W);
-            const __mmask16 m = _mm512_cmp_ps_mask(x, t[n], _CMP_GT_OQ);
-            _mm512_storeu_ps(ps + p, _mm512_maskz_compress_ps(m, x));
-            _mm512_storeu_si512(pl + p, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(iota, _mm512_set1_epi32(n * W))));
-            _mm512_storeu_si512(pk + p, row);
+            const std::int32_t off = std::int32_t(kk * BQ + n * W);
+            const __mmask16 m = _mm512_cmp_ps_mask(_mm512_load_ps(st + off), t[n], _CMP_GT_OQ);
+            _mm512_storeu_si512(pl + p, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(iota, _mm512_set1_epi32(off))));
             p += __builtin_popcount(unsigned(m));
           }
-        }
         return p;
       }
 #endif
-      for (std::int64_t kk = r0; kk < r1; ++kk) {
-        const float* row = st + kk * BQ;
+      for (std::int64_t kk = r0; kk < r1; ++kk)
         for (int n = 0; n < NV; ++n) {
-          unsigned bits = simd::bitmask<Arch>(B::load_aligned(row + n * W) > B::load_aligned(thr + n * W));
-          while (bits) {
-            const int x = n * W + __builtin_ctz(bits);
-            bits &= bits - 1;
-            ps[p] = row[x];
-            pl[p] = x;
-            pk[p] = std::int32_t(kk);
-            ++p;
-          }
+          const std::int32_t off = std::int32_t(kk * BQ + n * W);
+          for (unsigned bits = simd::bitmask<Arch>(B::load_aligned(st + off) > B::load_aligned(thr + n * W)); bits != 0;
+               bits &= bits - 1)
+            pl[p++] = off + __builtin_ctz(bits);
         }
-      }
       return p;
     }
 
@@ -298,10 +291,11 @@ struct topk_consumer {
       for (std::int64_t r0 = 0; r0 < nk; r0 += pass_rows) {
         const std::int64_t np = collect(st, r0, r0 + pass_rows < nk ? r0 + pass_rows : nk);
         for (std::int64_t i = 0; i < np; ++i) {
-          const int x = pl[i];
+          const std::int32_t off = pl[i];
+          const int x = off % BQ;
           const std::int64_t j = count[x];
-          sc[x * cap + j] = ps[i];
-          key[x * cap + j] = k0 + pk[i];
+          sc[x * cap + j] = st[off];
+          key[x * cap + j] = k0 + off / BQ;
           count[x] = j + 1;
           if (j + 1 == cap) select(x);
         }
@@ -332,12 +326,17 @@ struct topk_consumer {
     }
 
     // out[d0 + j] = inv * sum_i p[i] * V[k[i]][d0 + j] for j < NA vectors, in registers.
+    // Meanwhile asks for the next row's V rows (pf[i], i < npf; whole rows), which come
+    // from anywhere in V, mostly beyond L2: one row's worth of look-ahead.
     template <int NA>
     ATTNKIT_ALWAYS_INLINE void gather(const float* p, const std::int64_t* k, std::int64_t n, const float* vb,
-                                      std::int64_t d0, float inv, float* orow) const noexcept {
+                                      std::int64_t d0, float inv, float* orow, const std::int64_t* pf,
+                                      std::int64_t npf) const noexcept {
       B acc[NA];
       for (int j = 0; j < NA; ++j) acc[j] = B(0.f);
       for (std::int64_t i = 0; i < n; ++i) {
+        if (i < npf)
+          for (std::int64_t d = 0; d < a.v_dim; d += 64 / sizeof(float)) __builtin_prefetch(vb + pf[i] * a.v_ss + d);
         const float* vr = vb + k[i] * a.v_ss + d0;
         const B pi(p[i]);
         for (int j = 0; j < NA; ++j) acc[j] = xsimd::fma(pi, B::load_unaligned(vr + j * W), acc[j]);
@@ -350,17 +349,19 @@ struct topk_consumer {
       constexpr int NA = 8;  // V columns in registers: NA vectors per gather pass
       const std::int64_t dv = a.v_dim;
       const float* vb = a.v_as<float>() + c.b * a.v_sb + c.kvh * a.v_sh;
+      for (int lane = 0; lane < lanes; ++lane)
+        if (count[lane] > a.topk) select(lane);
+      for (std::int64_t i = 0; i < count[0]; ++i)
+        for (std::int64_t d = 0; d < dv; d += 64 / sizeof(float)) __builtin_prefetch(vb + key[i] * a.v_ss + d);
       for (std::int64_t hi = 0; hi < c.nh; ++hi) {
         const std::int64_t h = c.h0 + hi;
         for (std::int64_t r = 0; r < c.nq; ++r) {
           const int lane = int(hi * c.nq + r);
-          if (count[lane] > a.topk) select(lane);
           const std::int64_t n = count[lane], nvec = (n + W - 1) / W;
           float* s = sc + lane * cap;
           const std::int64_t* k = key + lane * cap;
-          // The row's V rows are independent loads from anywhere in V: ask for them early.
-          for (std::int64_t i = 0; i < n; ++i)
-            for (std::int64_t d = 0; d < dv; d += 64 / sizeof(float)) __builtin_prefetch(vb + k[i] * a.v_ss + d);
+          const std::int64_t npf = lane + 1 < lanes ? count[lane + 1] : 0;
+          const std::int64_t* pf = k + cap;
           for (std::int64_t i = n; i < nvec * W; ++i) s[i] = minus_inf;  // exp gives 0
           B mv(minus_inf);
           for (std::int64_t v = 0; v < nvec; ++v) mv = simd::max<Arch>(mv, B::load_aligned(s + v * W));
@@ -380,8 +381,8 @@ struct topk_consumer {
           const float inv = n > 0 ? keep / sum : 0.f;
           float* orow = a.out + c.b * a.o_sb + h * a.o_sh + (c.i0 + r) * a.o_ss;
           std::int64_t d = 0;
-          for (; d + NA * W <= dv; d += NA * W) gather<NA>(s, k, n, vb, d, inv, orow);
-          for (; d + W <= dv; d += W) gather<1>(s, k, n, vb, d, inv, orow);
+          for (; d + NA * W <= dv; d += NA * W) gather<NA>(s, k, n, vb, d, inv, orow, pf, d == 0 ? npf : 0);
+          for (; d + W <= dv; d += W) gather<1>(s, k, n, vb, d, inv, orow, pf, d == 0 ? npf : 0);
           for (; d < dv; ++d) {
             float acc = 0.f;
             for (std::int64_t i = 0; i < n; ++i) acc += s[i] * vb[k[i] * a.v_ss + d];
