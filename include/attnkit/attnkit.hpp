@@ -10,6 +10,7 @@
 #include "dispatch/isa.hpp"
 #include "attention.hpp"
 #include "paged.hpp"
+#include "kv_cache.hpp"
 #include "linear.hpp"
 #include "reference/reference.hpp"
 #include "reference/linear.hpp"
