@@ -437,32 +437,6 @@ TEST_CASE("dense property: more threads than work units", "[dense][property][thr
   CHECK(run_only(c).out.same_bits(one.out));
 }
 
-namespace {
-
-// A minimal host thread pool: `threads` std::threads pull task indices from a counter.
-struct toy_pool {
-  int threads = 3;
-  std::atomic<long> calls{0};
-  std::vector<std::atomic<int>>* seen = nullptr;  // per-index call counts, when wanted
-};
-
-void toy_parallel_for(void* p, std::int64_t n, void (*task)(void*, std::int64_t), void* ctx) {
-  auto* pool = static_cast<toy_pool*>(p);
-  std::atomic<std::int64_t> next{0};
-  std::vector<std::thread> ts;
-  for (int t = 0; t < pool->threads; ++t)
-    ts.emplace_back([&] {
-      for (std::int64_t i; (i = next.fetch_add(1)) < n;) {
-        if (pool->seen && i < std::int64_t(pool->seen->size())) ++(*pool->seen)[std::size_t(i)];
-        pool->calls.fetch_add(1);
-        task(ctx, i);
-      }
-    });
-  for (auto& t : ts) t.join();
-}
-
-}  // namespace
-
 TEST_CASE("dense property: a host executor gives bitwise the OpenMP result", "[dense][property][threads]") {
   ATTNKIT_TEST_FOR_EACH_ISA();
   for (mask_kind m : kMasks) {

@@ -3,6 +3,7 @@
 //   - ISA loop: ATTNKIT_TEST_FOR_EACH_ISA() runs the rest of a test case once per ISA that
 //     this binary carries and the CPU supports (runtime-dispatch builds), or once for the
 //     compile-time ISA (static builds), and records the ISA in every failure message.
+//   - toy_pool / toy_parallel_for: a minimal host thread pool for attention_options::exec.
 //   - tensors: owning buffers with views in [B,H,S,D] or [B,S,H,D] layout, optional padded
 //     rows (row stride > dim) and a misaligned base pointer; padding and guard zones hold a
 //     NaN sentinel, so a kernel that reads them produces NaN and one that writes them is
@@ -21,6 +22,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <functional>
 #include <cstdint>
@@ -33,6 +35,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace attnkit_test {
@@ -123,6 +126,31 @@ inline index_t dense_block_lanes(attnkit::isa i) {
   return 12;
 #endif
 #endif
+}
+
+// -----------------------------------------------------------------------------------------
+// A host executor for the attention_options::exec hook
+
+// A minimal host thread pool: `threads` std::threads pull task indices from a counter.
+struct toy_pool {
+  int threads = 3;
+  std::atomic<long> calls{0};
+  std::vector<std::atomic<int>>* seen = nullptr;  // per-index call counts, when wanted
+};
+
+inline void toy_parallel_for(void* p, std::int64_t n, void (*task)(void*, std::int64_t), void* ctx) {
+  auto* pool = static_cast<toy_pool*>(p);
+  std::atomic<std::int64_t> next{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < pool->threads; ++t)
+    ts.emplace_back([&] {
+      for (std::int64_t i; (i = next.fetch_add(1)) < n;) {
+        if (pool->seen && i < std::int64_t(pool->seen->size())) ++(*pool->seen)[std::size_t(i)];
+        pool->calls.fetch_add(1);
+        task(ctx, i);
+      }
+    });
+  for (auto& t : ts) t.join();
 }
 
 // -----------------------------------------------------------------------------------------
