@@ -22,36 +22,6 @@ using attnkit::index_t;
 
 namespace {
 
-// ------------------------------------------------------------------------------------------
-// Test-side mask definitions (absolute positions, independent of mask/masks.hpp)
-
-allowed_fn d_all() {
-  return [](index_t, index_t, index_t, index_t) { return true; };
-}
-allowed_fn d_causal() {
-  return [](index_t, index_t, index_t q, index_t k) { return k <= q; };
-}
-allowed_fn d_sliding(index_t w) {
-  return [w](index_t, index_t, index_t q, index_t k) { return 0 <= q - k && q - k < w; };
-}
-allowed_fn d_local(index_t l, index_t r) {
-  // on the distance q - k, which never overflows (huge sides work too)
-  return [l, r](index_t, index_t, index_t q, index_t k) { return q - k <= l && k - q <= r; };
-}
-allowed_fn d_sink(index_t n) {
-  return [n](index_t, index_t, index_t, index_t k) { return k < n; };
-}
-allowed_fn d_bitmap(const bitmap& bm) {
-  return [&bm](index_t, index_t h, index_t q, index_t k) { return bm.allowed(h, q, k); };
-}
-allowed_fn d_and(allowed_fn a, allowed_fn b) {
-  return [a, b](index_t bi, index_t h, index_t q, index_t k) { return a(bi, h, q, k) && b(bi, h, q, k); };
-}
-allowed_fn d_or(allowed_fn a, allowed_fn b) {
-  return [a, b](index_t bi, index_t h, index_t q, index_t k) { return a(bi, h, q, k) || b(bi, h, q, k); };
-}
-allowed_fn d_streaming(index_t w, index_t sinks = 4) { return d_and(d_or(d_sliding(w), d_sink(sinks)), d_causal()); }
-
 // Packed documents whose lengths depend on the batch: keys allowed within the query's
 // document, causally. The tile answer is exact (documents are intervals).
 index_t doc_len(index_t b) { return 17 + 13 * b; }

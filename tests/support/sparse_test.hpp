@@ -5,6 +5,7 @@
 //     mask is a test-side callable `bool(b, h, q, k)` (absolute positions), with an optional
 //     test-side score modifier, learned sink logits and a top-k selection (stable by score,
 //     so ties go to the lower key). None of attnkit's policy code is used.
+//   - d_causal, d_sliding, d_streaming, ...: test-side mask definitions (allowed_fn).
 //   - sparse_case / sparse_run: a dense_case plus sink logits and quantised inputs (values
 //     on a grid of multiples of 1/8, so that every q . k is exact in float and in double:
 //     the reference, the yardstick and the kernels then agree bit for bit on scores, which
@@ -267,5 +268,35 @@ struct bitmap {
     return s.str();
   }
 };
+
+// -----------------------------------------------------------------------------------------
+// Test-side mask definitions (absolute positions, independent of mask/masks.hpp)
+
+inline allowed_fn d_all() {
+  return [](index_t, index_t, index_t, index_t) { return true; };
+}
+inline allowed_fn d_causal() {
+  return [](index_t, index_t, index_t q, index_t k) { return k <= q; };
+}
+inline allowed_fn d_sliding(index_t w) {
+  return [w](index_t, index_t, index_t q, index_t k) { return 0 <= q - k && q - k < w; };
+}
+inline allowed_fn d_local(index_t l, index_t r) {
+  // on the distance q - k, which never overflows (huge sides work too)
+  return [l, r](index_t, index_t, index_t q, index_t k) { return q - k <= l && k - q <= r; };
+}
+inline allowed_fn d_sink(index_t n) {
+  return [n](index_t, index_t, index_t, index_t k) { return k < n; };
+}
+inline allowed_fn d_bitmap(const bitmap& bm) {
+  return [&bm](index_t, index_t h, index_t q, index_t k) { return bm.allowed(h, q, k); };
+}
+inline allowed_fn d_and(allowed_fn a, allowed_fn b) {
+  return [a, b](index_t bi, index_t h, index_t q, index_t k) { return a(bi, h, q, k) && b(bi, h, q, k); };
+}
+inline allowed_fn d_or(allowed_fn a, allowed_fn b) {
+  return [a, b](index_t bi, index_t h, index_t q, index_t k) { return a(bi, h, q, k) || b(bi, h, q, k); };
+}
+inline allowed_fn d_streaming(index_t w, index_t sinks = 4) { return d_and(d_or(d_sliding(w), d_sink(sinks)), d_causal()); }
 
 }  // namespace attnkit_test
