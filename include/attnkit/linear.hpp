@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <type_traits>
 #include <utility>
 
@@ -131,12 +132,19 @@ class linear_state {
   float* decay_base() noexcept {
     return data_ ? data_.get() + batch_ * kv_heads_ * feature_dim_ * (v_dim_ + 1) : nullptr;
   }
+  // 64-byte aligned, so that with v_dim a multiple of the SIMD width the kernels update
+  // the state in place (no copy in and out per call: that would dominate a decode step).
+  struct aligned_delete {
+    void operator()(float* p) const noexcept { ::operator delete(p, std::align_val_t(64)); }
+  };
   void allocate() {
-    data_.reset(new float[std::size_t(floats() > 0 ? floats() : 1)]());
+    const std::size_t n = std::size_t(floats() > 0 ? floats() : 1);
+    data_.reset(static_cast<float*>(::operator new(n * sizeof(float), std::align_val_t(64))));
+    std::memset(data_.get(), 0, n * sizeof(float));
   }
 
   std::int64_t batch_ = 0, kv_heads_ = 0, feature_dim_ = 0, v_dim_ = 0, position_ = 0;
-  std::unique_ptr<float[]> data_;
+  std::unique_ptr<float, aligned_delete> data_;
 };
 
 inline namespace ATTNKIT_ISA_NS {

@@ -93,7 +93,7 @@ struct linear_plan {
     };
     o_S = carve(dp * dvp);
     o_z = carve(dp);
-    o_phik = carve(C * dpp);
+    o_phik = carve((C + 1) * dpp);  // + one row: the chunk's sum of features (absorb)
     o_kt = carve(dp * Cp);
     o_kw = carve(dp * Cp);
     o_wv = carve(Cp);
@@ -133,10 +133,15 @@ struct linear_runner {
     const std::int64_t kvh = u % a.kv_heads, b = u / a.kv_heads;
     const std::int64_t h0 = kvh * p.group + sub * p.heads_per_sub;
     const std::int64_t h1 = h0 + p.heads_per_sub < (kvh + 1) * p.group ? h0 + p.heads_per_sub : (kvh + 1) * p.group;
-    const bufs s{ws + p.o_S,  ws + p.o_z,  ws + p.o_phik, ws + p.o_kt,   ws + p.o_kw, ws + p.o_wv,
-                 ws + p.o_vp, ws + p.o_fq, ws + p.o_A,    ws + p.o_O,    ws + p.o_dm, ws + p.o_pw,
-                 ws + p.o_beta, ws + p.o_rs, ws + p.o_vs, ws + p.o_cm};
+    bufs s{ws + p.o_S,  ws + p.o_z,  ws + p.o_phik, ws + p.o_kt,   ws + p.o_kw, ws + p.o_wv,
+           ws + p.o_vp, ws + p.o_fq, ws + p.o_A,    ws + p.o_O,    ws + p.o_dm, ws + p.o_pw,
+           ws + p.o_beta, ws + p.o_rs, ws + p.o_vs, ws + p.o_cm};
     const bool owner = sub == 0;  // the one unit of a kv head that writes the final state
+    if (in_place(b, kvh)) {
+      const std::int64_t at = b * a.kv_heads + kvh;
+      s.S = a.state_kv + at * p.dp * a.v_dim;
+      s.z = a.state_z + at * p.dp;
+    }
     switch (a.mode) {
       case linear_mode::efficient: run_efficient(b, kvh, h0, h1, s); break;
       case linear_mode::mala: run_mala(b, kvh, h0, h1, s); break;
@@ -170,10 +175,11 @@ struct linear_runner {
     transpose_keys(n, s);
   }
   void transpose_keys(std::int64_t n, const bufs& s) const noexcept {
+    const std::int64_t np = (n + W - 1) / W * W;  // the products read whole vectors up to here
     for (std::int64_t f = 0; f < p.dp; ++f) {
       float* kt = s.kt + f * p.Cp;
       for (std::int64_t r = 0; r < n; ++r) kt[r] = s.phik[r * p.dpp + f];
-      for (std::int64_t r = n; r < p.Cp; ++r) kt[r] = 0.f;
+      for (std::int64_t r = n; r < np; ++r) kt[r] = 0.f;
     }
   }
   /// vp [C][dvp] = value rows j0..j0+n, zero-padded to dvp.
@@ -191,7 +197,16 @@ struct linear_runner {
 
   // ---- state ---------------------------------------------------------------------------
 
+  /// The unit works on the caller's state directly when its rows have the scratch layout
+  /// (v_dim padded to itself, 64-byte aligned) and no other unit reads that kv head's state.
+  bool in_place(std::int64_t b, std::int64_t kvh) const noexcept {
+    if (!a.state_kv || p.n_sub != 1 || p.dvp != a.v_dim || a.mode != linear_mode::linear) return false;
+    const float* S = a.state_kv + (b * a.kv_heads + kvh) * p.dp * a.v_dim;
+    return reinterpret_cast<std::uintptr_t>(S) % 64 == 0;
+  }
+
   void state_in(std::int64_t b, std::int64_t kvh, const bufs& s) const noexcept {
+    if (in_place(b, kvh)) return;
     const std::int64_t at = b * a.kv_heads + kvh;
     for (std::int64_t f = 0; f < p.dp; ++f) {
       float* row = s.S + f * p.dvp;
@@ -202,7 +217,7 @@ struct linear_runner {
     }
   }
   void state_out(std::int64_t b, std::int64_t kvh, const bufs& s) const noexcept {
-    if (!a.state_kv) return;
+    if (!a.state_kv || in_place(b, kvh)) return;
     const std::int64_t at = b * a.kv_heads + kvh;
     for (std::int64_t f = 0; f < p.dp; ++f) {
       float* dst = a.state_kv + (at * p.dp + f) * a.v_dim;
@@ -211,21 +226,33 @@ struct linear_runner {
     }
   }
 
-  /// S = lambda^n S + kt^T-weighted V (weights lambda^(n-1-j)), z likewise; kt, vp hold
+  /// S = lambda^n S + sum_j lambda^(n-1-j) phi(k_j) v_j^T, z likewise; kt, vp and phik hold
   /// the chunk's n keys. pw[t] = lambda^t.
   void absorb(std::int64_t n, float lambda, const bufs& s) const noexcept {
     const float* kk = s.kt;
+    const std::int64_t np = (n + W - 1) / W * W;
+    for (std::int64_t j = 0; j < np; ++j) s.wv[j] = j < n ? s.pw[n - 1 - j] : 0.f;
     if (lambda != 1.f) {
-      for (std::int64_t j = 0; j < p.Cp; ++j) s.wv[j] = j < n ? s.pw[n - 1 - j] : 0.f;
       for (std::int64_t f = 0; f < p.dp; ++f)
-        for (std::int64_t j = 0; j < p.Cp; j += W)
+        for (std::int64_t j = 0; j < np; j += W)
           (B::load_aligned(s.kt + f * p.Cp + j) * B::load_aligned(s.wv + j)).store_aligned(s.kw + f * p.Cp + j);
       kk = s.kw;
     }
     const float keep = s.pw[n];
     for (std::int64_t f = 0; f < p.dp; ++f) s.beta[f] = keep;
     kernels::gemm<Arch>(p.dp, p.dvp, n, kk, p.Cp, s.vp, p.dvp, s.S, p.dvp, s.beta);
-    for (std::int64_t f = 0; f < p.dp; ++f) s.z[f] = keep * s.z[f] + kernels::sum<Arch>(kk + f * p.Cp, n);
+    // z: the chunk's weighted feature rows summed along the features (SIMD), then joined
+    // to the running z once (the same two-level sum as S).
+    float* zc = s.phik + p.C * p.dpp;  // one spare row after the chunk's features
+    for (std::int64_t f = 0; f < p.dpp; f += W) B(0.f).store_aligned(zc + f);
+    for (std::int64_t r = 0; r < n; ++r) {
+      const B w(s.wv[r]);
+      const float* row = s.phik + r * p.dpp;
+      for (std::int64_t f = 0; f + W <= p.dp; f += W)
+        xsimd::fma(w, B::load_aligned(row + f), B::load_aligned(zc + f)).store_aligned(zc + f);
+      for (std::int64_t f = p.dp / W * W; f < p.dp; ++f) zc[f] += s.wv[r] * row[f];
+    }
+    for (std::int64_t f = 0; f < p.dp; ++f) s.z[f] = keep * s.z[f] + zc[f];
   }
 
   void powers(float lambda, const bufs& s) const noexcept {
@@ -412,6 +439,13 @@ void linear_forward(const linear_args& a) noexcept {
   dense_args threads;  // run_units reads only the thread count and the executor
   threads.num_threads = a.num_threads;
   threads.exec = a.exec;
+  // A decode step is a few microseconds of arithmetic: waking a team costs more than it
+  // saves (and far more on a loaded machine), so small calls run on the calling thread.
+  const double work = double(plan.units) * double(a.q_len + a.kv_len) * double(plan.dp) * double(plan.dvp);
+  if (work < double(1 << 20)) {
+    threads.num_threads = 1;
+    threads.exec = executor{};
+  }
   run_units(threads, plan.units, plan.floats, runner);
 }
 
