@@ -326,17 +326,14 @@ struct topk_consumer {
     }
 
     // out[d0 + j] = inv * sum_i p[i] * V[k[i]][d0 + j] for j < NA vectors, in registers.
-    // Meanwhile asks for the next row's V rows (pf[i], i < npf; whole rows), which come
-    // from anywhere in V, mostly beyond L2: one row's worth of look-ahead.
+    // (Software prefetch of the V rows measured slower: the rows' loads are independent
+    // and the core overlaps them well enough.)
     template <int NA>
     ATTNKIT_ALWAYS_INLINE void gather(const float* p, const std::int64_t* k, std::int64_t n, const float* vb,
-                                      std::int64_t d0, float inv, float* orow, const std::int64_t* pf,
-                                      std::int64_t npf) const noexcept {
+                                      std::int64_t d0, float inv, float* orow) const noexcept {
       B acc[NA];
       for (int j = 0; j < NA; ++j) acc[j] = B(0.f);
       for (std::int64_t i = 0; i < n; ++i) {
-        if (i < npf)
-          for (std::int64_t d = 0; d < a.v_dim; d += 64 / sizeof(float)) __builtin_prefetch(vb + pf[i] * a.v_ss + d);
         const float* vr = vb + k[i] * a.v_ss + d0;
         const B pi(p[i]);
         for (int j = 0; j < NA; ++j) acc[j] = xsimd::fma(pi, B::load_unaligned(vr + j * W), acc[j]);
@@ -351,8 +348,6 @@ struct topk_consumer {
       const float* vb = a.v_as<float>() + c.b * a.v_sb + c.kvh * a.v_sh;
       for (int lane = 0; lane < lanes; ++lane)
         if (count[lane] > a.topk) select(lane);
-      for (std::int64_t i = 0; i < count[0]; ++i)
-        for (std::int64_t d = 0; d < dv; d += 64 / sizeof(float)) __builtin_prefetch(vb + key[i] * a.v_ss + d);
       for (std::int64_t hi = 0; hi < c.nh; ++hi) {
         const std::int64_t h = c.h0 + hi;
         for (std::int64_t r = 0; r < c.nq; ++r) {
@@ -360,8 +355,6 @@ struct topk_consumer {
           const std::int64_t n = count[lane], nvec = (n + W - 1) / W;
           float* s = sc + lane * cap;
           const std::int64_t* k = key + lane * cap;
-          const std::int64_t npf = lane + 1 < lanes ? count[lane + 1] : 0;
-          const std::int64_t* pf = k + cap;
           for (std::int64_t i = n; i < nvec * W; ++i) s[i] = minus_inf;  // exp gives 0
           B mv(minus_inf);
           for (std::int64_t v = 0; v < nvec; ++v) mv = simd::max<Arch>(mv, B::load_aligned(s + v * W));
@@ -381,8 +374,8 @@ struct topk_consumer {
           const float inv = n > 0 ? keep / sum : 0.f;
           float* orow = a.out + c.b * a.o_sb + h * a.o_sh + (c.i0 + r) * a.o_ss;
           std::int64_t d = 0;
-          for (; d + NA * W <= dv; d += NA * W) gather<NA>(s, k, n, vb, d, inv, orow, pf, d == 0 ? npf : 0);
-          for (; d + W <= dv; d += W) gather<1>(s, k, n, vb, d, inv, orow, pf, d == 0 ? npf : 0);
+          for (; d + NA * W <= dv; d += NA * W) gather<NA>(s, k, n, vb, d, inv, orow);
+          for (; d + W <= dv; d += W) gather<1>(s, k, n, vb, d, inv, orow);
           for (; d < dv; ++d) {
             float acc = 0.f;
             for (std::int64_t i = 0; i < n; ++i) acc += s[i] * vb[k[i] * a.v_ss + d];
