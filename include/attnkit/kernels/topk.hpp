@@ -184,7 +184,10 @@ struct topk_consumer {
         if (cm >= need) lo = mid, c_lo = cm;
         else hi = mid, c_hi = cm;
       }
+      // A bracket of one value is t itself, and the c_hi scores above it are the greater
+      // ones. (Adjacent images of equal floats, -0 and +0, cannot bracket: their counts agree.)
       float t = from_ordered(lo);
+      std::int64_t greater = c_hi;
       if (hi - lo > 1) {
         // t is the (need - c_hi)-th largest of the c_lo - c_hi <= few scores in the bracket:
         // the one with at most need - c_hi - 1 of them above it and more at or above it.
@@ -193,8 +196,15 @@ struct topk_consumer {
         int m = 0;
         for (std::int64_t v = 0; v < nvec; ++v) {
           const B x = B::load_aligned(s + v * W);
-          for (unsigned bits = simd::bitmask<Arch>(x >= flo) & ~simd::bitmask<Arch>(x >= fhi); bits != 0; bits &= bits - 1)
-            in[m++] = s[v * W + __builtin_ctz(bits)];
+          unsigned bits = simd::bitmask<Arch>(x >= flo) & ~simd::bitmask<Arch>(x >= fhi);
+#if XSIMD_WITH_AVX512F
+          if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value) {
+            _mm512_storeu_ps(in + m, _mm512_maskz_compress_ps(static_cast<__mmask16>(bits), x));  // m + W <= few + W
+            m += __builtin_popcount(bits);
+            continue;
+          }
+#endif
+          for (; bits != 0; bits &= bits - 1) in[m++] = s[v * W + __builtin_ctz(bits)];
         }
         const int nin = (m + W - 1) / W;
         for (int i = m; i < nin * W; ++i) in[i] = std::numeric_limits<float>::quiet_NaN();
@@ -209,20 +219,14 @@ struct topk_consumer {
           }
           if (gt <= idx && idx < ge) {
             t = in[i];
+            greater += gt;
             break;
           }
         }
       }
-      compact(s, k, nvec, t, need - count_gt(s, nvec, t));
+      compact(s, k, nvec, t, need - greater);
       count[lane] = need;
       thr[lane] = t;
-    }
-
-    std::int64_t count_gt(const float* s, std::int64_t nvec, float t) const noexcept {
-      const B tv(t);
-      std::int64_t cnt = 0;
-      for (std::int64_t v = 0; v < nvec; ++v) cnt += __builtin_popcount(simd::bitmask<Arch>(B::load_aligned(s + v * W) > tv));
-      return cnt;
     }
 
     // Keeps, in order, the candidates > t and the first `equal` of those == t.
@@ -288,16 +292,20 @@ struct topk_consumer {
     }
 
     void tile(float* st, std::int64_t k0, std::int64_t nk) noexcept {
+      float* const scores = sc;
+      std::int64_t* const keys = key;
+      std::int64_t* const counts = count;
+      const std::int64_t c_ = cap;
       for (std::int64_t r0 = 0; r0 < nk; r0 += pass_rows) {
         const std::int64_t np = collect(st, r0, r0 + pass_rows < nk ? r0 + pass_rows : nk);
         for (std::int64_t i = 0; i < np; ++i) {
-          const std::int32_t off = pl[i];
-          const int x = off % BQ;
-          const std::int64_t j = count[x];
-          sc[x * cap + j] = st[off];
-          key[x * cap + j] = k0 + off / BQ;
-          count[x] = j + 1;
-          if (j + 1 == cap) select(x);
+          const std::uint32_t off = std::uint32_t(pl[i]);
+          const std::uint32_t x = off % unsigned(BQ);
+          const std::int64_t j = counts[x];
+          scores[x * c_ + j] = st[off];
+          keys[x * c_ + j] = k0 + off / unsigned(BQ);
+          counts[x] = j + 1;
+          if (j + 1 == c_) select(int(x));
         }
       }
     }
