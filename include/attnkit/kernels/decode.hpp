@@ -121,17 +121,27 @@ struct decode_runner {
   template <int NV>
   void run_rows(const unit_coords& c, std::int64_t split, float* ws, float* part) const noexcept {
     const int rows = int(c.nh * c.nq);
-    if (rows == 1)
-      run<NV, 1>(c, split, ws, part);
+    if (rows >= 2 * W)
+      run<NV, 0, float>(c, split, ws, part);  // the flash kernels read fp32 tiles
+    else if (rows == 1)
+      run_typed<NV, 1>(c, split, ws, part);
     else if (rows == 2)
-      run<NV, 2>(c, split, ws, part);
-    else if (rows < 2 * W)
-      run<NV, 4>(c, split, ws, part);
+      run_typed<NV, 2>(c, split, ws, part);
     else
-      run<NV, 0>(c, split, ws, part);
+      run_typed<NV, 4>(c, split, ws, part);
   }
 
+  // The dim-in-lanes kernels read 16-bit K/V in place, widening in registers.
   template <int NV, int RB>
+  void run_typed(const unit_coords& c, std::int64_t split, float* ws, float* part) const noexcept {
+    switch (a.kv_type) {
+      case dtype::bf16: run<NV, RB, bf16>(c, split, ws, part); break;
+      case dtype::f16: run<NV, RB, fp16>(c, split, ws, part); break;
+      default: run<NV, RB, float>(c, split, ws, part); break;
+    }
+  }
+
+  template <int NV, int RB, class KV>
   void run(const unit_coords& c, std::int64_t split, float* ws, float* part) const noexcept {
     constexpr float minus_inf = -std::numeric_limits<float>::infinity();
     const std::int64_t D = a.qk_dim, DV = a.v_dim, dp = plan.dp, dvp = plan.dvp, bk = plan.bk;
@@ -187,23 +197,47 @@ struct decode_runner {
           vrows.prefetch(k1, nn, DV * (a.kv_type == dtype::f32 ? 4 : 2));
         }
         std::int64_t ldk = 0, ldv = 0;
-        const float* kt = krows.tile<Arch>(tk0, nk, D, kbuf, lanes ? D : dp, !lanes, ldk);
-        if constexpr (lanes)
+        if constexpr (lanes) {
+          const float* kt = krows.tile<Arch>(tk0, nk, D, kbuf, D, false, ldk);
           kernels::qk_block<Arch, NV>(qr, BQ, kt, ldk, D, nk, st, BQ);
-        else
-          for (int r0 = 0; r0 < rp; r0 += RB) kernels::qk_rows<Arch, RB>(qr + r0 * dp, dp, kt, ldk, dp, nk, st + r0, BQ);
+        } else {
+          // Rows are read in place (any storage, pages too) when whole vectors fit them.
+          if (D == dp) {
+            const KV* kp[bk];
+            krows.row_ptrs<KV>(tk0, nk, kp);
+            for (int r0 = 0; r0 < rp; r0 += RB) kernels::qk_rows<Arch, RB>(qr + r0 * dp, dp, kp, dp, nk, st + r0, BQ);
+          } else {
+            const float* kt = krows.tile<Arch>(tk0, nk, D, kbuf, dp, true, ldk);
+            const float* kp[bk];
+            for (std::int64_t t = 0; t < nk; ++t) kp[t] = kt + t * ldk;
+            for (int r0 = 0; r0 < rp; r0 += RB) kernels::qk_rows<Arch, RB>(qr + r0 * dp, dp, kp, dp, nk, st + r0, BQ);
+          }
+        }
         td.k0 = tk0;
         td.nk = nk;
         if (policy.has_score()) policy.score_tile(td, st, BQ);
         if (a.softcap != 0.f) kernels::softcap_tile<Arch, NV>(st, BQ, nk, a.softcap);
         if (!all_full) policy.mask_tile(td, st, BQ);
         kernels::online_softmax<Arch, NV>(st, BQ, nk, m, l, alpha);
-        const float* vt = vrows.tile<Arch>(tk0, nk, DV, vbuf, lanes ? DV : dvp, !lanes, ldv);
-        if constexpr (lanes)
+        if constexpr (lanes) {
+          const float* vt = vrows.tile<Arch>(tk0, nk, DV, vbuf, DV, false, ldv);
           kernels::pv_block<Arch, NV>(o, BQ, alpha, st, BQ, vt, ldv, DV, nk);
-        else
-          for (int r0 = 0; r0 < rp; r0 += RB)
-            kernels::pv_rows<Arch, RB>(o + r0 * dvp, dvp, alpha + r0, st + r0, BQ, vt, ldv, dvp, nk);
+        } else {
+          auto pv = [&](const auto* const* vp) {
+            for (int r0 = 0; r0 < rp; r0 += RB)
+              kernels::pv_rows<Arch, RB>(o + r0 * dvp, dvp, alpha + r0, st + r0, BQ, vp, dvp, nk);
+          };
+          if (DV == dvp) {
+            const KV* vp[bk];
+            vrows.row_ptrs<KV>(tk0, nk, vp);
+            pv(vp);
+          } else {
+            const float* vt = vrows.tile<Arch>(tk0, nk, DV, vbuf, dvp, true, ldv);
+            const float* vp[bk];
+            for (std::int64_t t = 0; t < nk; ++t) vp[t] = vt + t * ldv;
+            pv(vp);
+          }
+        }
       }
     }
 

@@ -65,6 +65,13 @@ struct kv_rows {
     }
   }
 
+  /// Row pointers of rows [t0, t0 + n) as stored (T is the storage type), for kernels that
+  /// read rows in place wherever they are (pages included).
+  template <class T>
+  void row_ptrs(std::int64_t t0, std::int64_t n, const T** out) const noexcept {
+    for (std::int64_t t = 0; t < n; ++t) out[t] = row<T>(t0 + t);
+  }
+
   /// fp32 rows [t0, t0 + n) of `dim` elements: returns the first row and sets `ld` to the
   /// distance between rows. In place when possible; else widened/gathered into `buf`
   /// ([n][ld_buf], rows zero-padded to ld_buf). `padded` asks for rows that can be read in

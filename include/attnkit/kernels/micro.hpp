@@ -116,26 +116,41 @@ inline void online_softmax(float* st, std::int64_t ld_s, std::int64_t nk, float*
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
   const B minus_inf(-std::numeric_limits<float>::infinity());
+  // C independent chains per lane vector for the max and the sum, so that few lane vectors
+  // (decode: NV = 1) are not bound by the latency of one dependent chain.
+  constexpr int C = NV >= 4 ? 1 : 4 / NV;
   B base[NV];
   for (int n = 0; n < NV; ++n) {
-    B mx = B::load_aligned(m + n * W);
-    for (std::int64_t kk = 0; kk < nk; ++kk) mx = simd::max<Arch>(mx, B::load_aligned(st + kk * ld_s + n * W));
-    base[n] = xsimd::select(mx == minus_inf, B(0.f), mx);
+    B mx[C];
+    for (int c = 0; c < C; ++c) mx[c] = B::load_aligned(m + n * W);
+    std::int64_t kk = 0;
+    for (; kk + C <= nk; kk += C)
+      for (int c = 0; c < C; ++c) mx[c] = simd::max<Arch>(mx[c], B::load_aligned(st + (kk + c) * ld_s + n * W));
+    for (int c = 0; c < C && kk < nk; ++c, ++kk) mx[c] = simd::max<Arch>(mx[c], B::load_aligned(st + kk * ld_s + n * W));
+    for (int c = 1; c < C; ++c) mx[0] = simd::max<Arch>(mx[0], mx[c]);
+    base[n] = xsimd::select(mx[0] == minus_inf, B(0.f), mx[0]);
     const B a = simd::exp<Arch>(B::load_aligned(m + n * W) - base[n]);
     a.store_aligned(alpha + n * W);
-    mx.store_aligned(m + n * W);
+    mx[0].store_aligned(m + n * W);
   }
-  B sum[NV];
-  for (int n = 0; n < NV; ++n) sum[n] = B(0.f);
-  for (std::int64_t kk = 0; kk < nk; ++kk) {
-    for (int n = 0; n < NV; ++n) {
-      const B p = simd::exp<Arch>(B::load_aligned(st + kk * ld_s + n * W) - base[n]);
-      p.store_aligned(st + kk * ld_s + n * W);
-      sum[n] += p;
-    }
-  }
+  B sum[NV][C];
   for (int n = 0; n < NV; ++n)
-    xsimd::fma(B::load_aligned(l + n * W), B::load_aligned(alpha + n * W), sum[n]).store_aligned(l + n * W);
+    for (int c = 0; c < C; ++c) sum[n][c] = B(0.f);
+  std::int64_t kk = 0;
+  auto step = [&](std::int64_t key, int c) {
+    for (int n = 0; n < NV; ++n) {
+      const B p = simd::exp<Arch>(B::load_aligned(st + key * ld_s + n * W) - base[n]);
+      p.store_aligned(st + key * ld_s + n * W);
+      sum[n][c] += p;
+    }
+  };
+  for (; kk + C <= nk; kk += C)
+    for (int c = 0; c < C; ++c) step(kk + c, c);
+  for (int c = 0; c < C && kk < nk; ++c, ++kk) step(kk, c);
+  for (int n = 0; n < NV; ++n) {
+    for (int c = 1; c < C; ++c) sum[n][0] += sum[n][c];
+    xsimd::fma(B::load_aligned(l + n * W), B::load_aligned(alpha + n * W), sum[n][0]).store_aligned(l + n * W);
+  }
 }
 
 // softcap: St <- c * tanh(St / c) for keys [0, nk).

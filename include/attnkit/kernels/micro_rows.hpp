@@ -6,7 +6,8 @@
 // lanes instead: Q.K^T accumulates RB rows x KB keys (RB * KB = W) partial dot products and
 // folds them with one horizontal pass (xsimd::haddp); P.V broadcasts each probability and
 // streams whole V vectors. Both read K and V rows as whole vectors, so rows must be padded
-// to the vector width (kv_rows::tile with `padded`). The score tile keeps the
+// to the vector width (kv_rows::tile with `padded`). K and V may be bf16/fp16 rows: the
+// loads widen them in registers (simd/convert.hpp), so 16-bit caches are read in place. The score tile keeps the
 // queries-in-lanes layout St[key][row] of the flash driver, so masks, score modifiers,
 // softcap and the online softmax are shared with it.
 #pragma once
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "../simd/convert.hpp"
 #include "../simd/simd.hpp"
 
 namespace attnkit {
@@ -58,11 +60,11 @@ ATTNKIT_ALWAYS_INLINE simd::vfloat<Arch> hsum_rows(const simd::vfloat<Arch>* acc
 
 // qk_rows: St[t][r] = sum_{d < dp} Q[r][d] * K[t][d] for r < RB, t < nk.
 //   Q: RB rows at q + r * ld_q (aligned, zero-padded to dp, a multiple of W);
-//   K rows at k + t * ld_k, readable up to dp; St: [nk][ld_s], only lanes [0, RB) written.
-template <class Arch, int RB>
-inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const float* ATTNKIT_RESTRICT k,
-                    std::int64_t ld_k, std::int64_t dp, std::int64_t nk, float* ATTNKIT_RESTRICT st,
-                    std::int64_t ld_s) noexcept {
+//   K row t at k[t] (any address: contiguous or paged), readable up to dp;
+//   St: [nk][ld_s], only lanes [0, RB) written.
+template <class Arch, int RB, class KT>
+inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT* const* k, std::int64_t dp,
+                    std::int64_t nk, float* ATTNKIT_RESTRICT st, std::int64_t ld_s) noexcept {
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
   static_assert(RB >= 1 && W % RB == 0, "RB must divide the vector width");
@@ -71,14 +73,24 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const fl
   for (std::int64_t t0 = 0; t0 < nk; t0 += KB) {
     const int kn = nk - t0 < KB ? int(nk - t0) : KB;
     // Past the last key the kernel re-reads the last row; those sums are never stored.
-    const float* kp[KB];
-    for (int j = 0; j < KB; ++j) kp[j] = k + (t0 + (j < kn ? j : kn - 1)) * ld_k;
+    const KT* kp[KB];
+    for (int j = 0; j < KB; ++j) kp[j] = k[t0 + (j < kn ? j : kn - 1)];
     B acc[W];
     for (int i = 0; i < W; ++i) acc[i] = B(0.f);
     for (std::int64_t d = 0; d < dp; d += W) {
       B qv[RB], kv[KB];
       for (int r = 0; r < RB; ++r) qv[r] = B::load_aligned(q + r * ld_q + d);
-      for (int j = 0; j < KB; ++j) kv[j] = B::load_unaligned(kp[j] + d);
+      for (int j = 0; j < KB; ++j) kv[j] = simd::load_widen<Arch>(kp[j] + d);
+#if defined(__GNUC__) && XSIMD_WITH_AVX512F
+      // Keeps the K vectors in registers: g++ otherwise folds each load into every FMA that
+      // uses it (RB loads of the same vector instead of one).
+      if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value)
+        for (int j = 0; j < KB; ++j) {
+          __m512 x = kv[j];
+          asm("" : "+v"(x));
+          kv[j] = x;
+        }
+#endif
       for (int j = 0; j < KB; ++j)
         for (int r = 0; r < RB; ++r) acc[j * RB + r] = xsimd::fma(qv[r], kv[j], acc[j * RB + r]);
     }
@@ -94,12 +106,12 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const fl
 
 // pv_rows: O[r][0:dvp] = alpha[r] * O[r] + sum_{t < nk} P[t][r] * V[t][0:dvp] for r < RB.
 //   O: RB rows at o + r * ld_o (aligned, dvp a multiple of W); P: [nk][ld_p] (lanes = rows);
-//   V rows at v + t * ld_v, readable up to dvp. Like pv_tile, the tile's sum starts at zero
+//   V row t at v[t], readable up to dvp. Like pv_tile, the tile's sum starts at zero
 //   and joins the running output once (two-level summation).
-template <class Arch, int RB, int CV>
+template <class Arch, int RB, int CV, class VT>
 ATTNKIT_ALWAYS_INLINE void pv_rows_cols(float* ATTNKIT_RESTRICT o, std::int64_t ld_o, const float* ATTNKIT_RESTRICT alpha,
                                         const float* ATTNKIT_RESTRICT p, std::int64_t ld_p,
-                                        const float* ATTNKIT_RESTRICT v, std::int64_t ld_v, std::int64_t nk) noexcept {
+                                        const VT* const* v, std::int64_t j0, std::int64_t nk) noexcept {
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
   B acc[RB][CV];
@@ -107,7 +119,7 @@ ATTNKIT_ALWAYS_INLINE void pv_rows_cols(float* ATTNKIT_RESTRICT o, std::int64_t 
     for (int c = 0; c < CV; ++c) acc[r][c] = B(0.f);
   for (std::int64_t t = 0; t < nk; ++t) {
     B vv[CV];
-    for (int c = 0; c < CV; ++c) vv[c] = B::load_unaligned(v + t * ld_v + c * W);
+    for (int c = 0; c < CV; ++c) vv[c] = simd::load_widen<Arch>(v[t] + j0 + c * W);
     for (int r = 0; r < RB; ++r) {
       const B pb(p[t * ld_p + r]);
       for (int c = 0; c < CV; ++c) acc[r][c] = xsimd::fma(pb, vv[c], acc[r][c]);
@@ -122,16 +134,16 @@ ATTNKIT_ALWAYS_INLINE void pv_rows_cols(float* ATTNKIT_RESTRICT o, std::int64_t 
   }
 }
 
-template <class Arch, int RB>
+template <class Arch, int RB, class VT>
 inline void pv_rows(float* o, std::int64_t ld_o, const float* alpha, const float* p, std::int64_t ld_p,
-                    const float* v, std::int64_t ld_v, std::int64_t dvp, std::int64_t nk) noexcept {
+                    const VT* const* v, std::int64_t dvp, std::int64_t nk) noexcept {
   constexpr int W = int(simd::vfloat<Arch>::size);
   // Accumulators RB x CV plus CV loads fit the register file (32 zmm, else 16).
   constexpr int regs = W == 16 ? 16 : 8;
   constexpr int CV = regs / RB > 4 ? 4 : regs / RB;
   std::int64_t j = 0;
-  for (; j + CV * W <= dvp; j += CV * W) pv_rows_cols<Arch, RB, CV>(o + j, ld_o, alpha, p, ld_p, v + j, ld_v, nk);
-  for (; j < dvp; j += W) pv_rows_cols<Arch, RB, 1>(o + j, ld_o, alpha, p, ld_p, v + j, ld_v, nk);
+  for (; j + CV * W <= dvp; j += CV * W) pv_rows_cols<Arch, RB, CV, VT>(o + j, ld_o, alpha, p, ld_p, v, j, nk);
+  for (; j < dvp; j += W) pv_rows_cols<Arch, RB, 1, VT>(o + j, ld_o, alpha, p, ld_p, v, j, nk);
 }
 
 }  // namespace kernels
