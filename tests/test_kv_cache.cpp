@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <set>
 #include <vector>
@@ -380,6 +381,12 @@ TEST_CASE("kv_cache: clear() forgets the tokens and reuses the pages", "[kv_cach
   REQUIRE(c.position() == 0);
   REQUIRE(c.size() == 0);
   REQUIRE(c.pages_in_use() == 0);
+  // An empty cache is a problem with no keys: output 0, lse -inf.
+  dense q(2, 3, 1, 24), out(2, 3, 1, 16), lse(2, 3, 1, 1);
+  std::fill(out.x.begin(), out.x.end(), 1.f);
+  c.attend(q.view(), out.view(), attnkit::no_mask{}, {}, lse.view());
+  for (float x : out.x) REQUIRE(x == 0.f);
+  for (float x : lse.x) REQUIRE(x == -std::numeric_limits<float>::infinity());
   c.append(pk.view, pv.view);
   REQUIRE(c.k_pages().data_handle() == pool);
   REQUIRE(c.pages_in_use() == 10);
