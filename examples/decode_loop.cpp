@@ -2,7 +2,7 @@
 // over a growing attnkit::kv_cache: append the prompt's K/V, then generate tokens one at a
 // time (append the new token's k and v, attend its query over the whole cache).
 //
-//   decode_loop [prompt=4096] [tokens=128] [window=1024]
+//   decode_loop [prompt=4096] [tokens=64] [window=1024]
 //
 // Runs fp32 and bf16 caches, contiguous and paged (16-token pages), then a StreamingLLM
 // cache (4 sinks + `window` recent tokens) whose cost per token stays O(window) however
@@ -12,6 +12,10 @@
 // once per token and does little arithmetic on it. Inputs are random (a real model would
 // project them and apply RoPE at the positions kv_cache reports); the prompt's own
 // attention (prefill) is not part of this example.
+//
+// A step lasts milliseconds, so on a machine shared with other busy processes OpenMP's
+// spinning barriers (a worker descheduled while the others wait) can cost more than the
+// attention itself; OMP_WAIT_POLICY=passive avoids that.
 #include <attnkit/attnkit.hpp>
 
 #include <algorithm>
@@ -80,7 +84,7 @@ run_result run(const inputs& in, attnkit::kv_cache_config cfg) {
 int main(int argc, char** argv) {
   inputs in;
   in.prompt = argc > 1 ? std::atoll(argv[1]) : 4096;
-  in.tokens = argc > 2 ? std::atoll(argv[2]) : 128;
+  in.tokens = argc > 2 ? std::atoll(argv[2]) : 64;
   const index_t window = argc > 3 ? std::atoll(argv[3]) : 1024;
   if (in.prompt < 0 || in.tokens < 1 || window < 1) {
     std::fprintf(stderr, "usage: decode_loop [prompt >= 0] [tokens >= 1] [window >= 1]\n");
