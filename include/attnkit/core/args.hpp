@@ -27,6 +27,13 @@ struct dense_args {
   const std::int32_t* page_table = nullptr;  // paged only
   std::int64_t pt_sb = 0, page_size = 0;
   const std::int32_t* seq_lens = nullptr;  // ragged batch: keys of each sequence (kv_len = the most)
+  // Keys in two parts (MLA: the latent c_kv, then the decoupled rope key): key row t is
+  // [k row t (qk_dim - k2_dim elements) | k2 row t (k2_dim)], and query rows likewise
+  // [q | q2]. k2 has k's storage type and, when paged, its own pool under the same table.
+  const void* k2 = nullptr;
+  std::int64_t k2_sb = 0, k2_sh = 0, k2_ss = 0, k2_dim = 0;
+  const float* q2 = nullptr;
+  std::int64_t q2_sb = 0, q2_sh = 0, q2_ss = 0;
   float* out = nullptr;
   std::int64_t o_sb = 0, o_sh = 0, o_ss = 0;
   float* lse = nullptr;  // optional

@@ -193,8 +193,8 @@ struct decode_runner {
         // The next tile of this range, while this one computes.
         const std::int64_t nn = ranges.r[ri].end - k1 < bk ? ranges.r[ri].end - k1 : bk;
         if (nn > 0) {
-          krows.prefetch(k1, nn, D * (a.kv_type == dtype::f32 ? 4 : 2));
-          vrows.prefetch(k1, nn, DV * (a.kv_type == dtype::f32 ? 4 : 2));
+          krows.prefetch(k1, nn, D);
+          vrows.prefetch(k1, nn, DV);
         }
         std::int64_t ldk = 0, ldv = 0;
         if constexpr (lanes) {
@@ -202,7 +202,7 @@ struct decode_runner {
           kernels::qk_block<Arch, NV>(qr, BQ, kt, ldk, D, nk, st, BQ);
         } else {
           // Rows are read in place (any storage, pages too) when whole vectors fit them.
-          if (D == dp) {
+          if (D == dp && krows.nseg == 1) {
             const KV* kp[bk];
             krows.row_ptrs<KV>(tk0, nk, kp);
             for (int r0 = 0; r0 < rp; r0 += RB) kernels::qk_rows<Arch, RB>(qr + r0 * dp, dp, kp, dp, nk, st + r0, BQ);
@@ -267,14 +267,11 @@ struct decode_runner {
       m[x] = -std::numeric_limits<float>::infinity();
       l[x] = 0.f;
     }
-    for (std::int64_t hi = 0; hi < c.nh; ++hi) {
-      const float* qh = a.q + c.b * a.q_sb + (c.h0 + hi) * a.q_sh;
+    for (std::int64_t hi = 0; hi < c.nh; ++hi)
       for (std::int64_t r = 0; r < c.nq; ++r) {
-        const float* qrow = qh + (c.i0 + r) * a.q_ss;
         const std::int64_t row = hi * c.nq + r;
-        for (std::int64_t d = 0; d < D; ++d) (lanes ? qr[d * BQ + row] : qr[row * dp + d]) = qrow[d] * a.scale;
+        load_q_row(a, c.b, c.h0 + hi, c.i0 + r, lanes ? qr + row : qr + row * dp, lanes ? BQ : 1);
       }
-    }
   }
 
   // Merges the chunks of group g, row by row, into out and lse (sink logits join here).

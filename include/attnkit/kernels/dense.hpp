@@ -38,7 +38,22 @@ inline namespace ATTNKIT_ISA_NS {
 namespace detail {
 
 /// K/V tiles are not always fp32 rows on one stride: bf16/fp16 storage or pages.
-inline bool gathers(const dense_args& a) noexcept { return a.kv_type != dtype::f32 || a.page_table != nullptr; }
+inline bool gathers(const dense_args& a) noexcept {
+  return a.kv_type != dtype::f32 || a.page_table != nullptr || a.k2 != nullptr;
+}
+
+/// Query row (b, h, i), scaled, to dst[d * stride] for d < qk_dim (both parts of a split
+/// query, see dense_args::k2).
+inline void load_q_row(const dense_args& a, std::int64_t b, std::int64_t h, std::int64_t i, float* dst,
+                       std::int64_t stride) noexcept {
+  const std::int64_t d1 = a.qk_dim - (a.q2 ? a.k2_dim : 0);
+  const float* q = a.q + b * a.q_sb + h * a.q_sh + i * a.q_ss;
+  for (std::int64_t d = 0; d < d1; ++d) dst[d * stride] = q[d] * a.scale;
+  if (a.q2) {
+    const float* q2 = a.q2 + b * a.q2_sb + h * a.q2_sh + i * a.q2_ss;
+    for (std::int64_t d = d1; d < a.qk_dim; ++d) dst[d * stride] = q2[d - d1] * a.scale;
+  }
+}
 
 template <class Arch>
 struct dense_plan {
@@ -222,14 +237,8 @@ struct unit_runner {
     // Pack Q transposed and scaled; padded lanes are zero (finite scores, never stored).
     for (std::int64_t d = 0; d < D; ++d)
       for (int x = 0; x < NV * W; ++x) qt[d * BQ + x] = 0.f;
-    for (std::int64_t hi = 0; hi < c.nh; ++hi) {
-      const float* qh = a.q + c.b * a.q_sb + (c.h0 + hi) * a.q_sh;
-      for (std::int64_t r = 0; r < c.nq; ++r) {
-        const float* qrow = qh + (c.i0 + r) * a.q_ss;
-        const std::int64_t lane = hi * c.nq + r;
-        for (std::int64_t d = 0; d < D; ++d) qt[d * BQ + lane] = qrow[d] * a.scale;
-      }
-    }
+    for (std::int64_t hi = 0; hi < c.nh; ++hi)
+      for (std::int64_t r = 0; r < c.nq; ++r) load_q_row(a, c.b, c.h0 + hi, c.i0 + r, qt + hi * c.nq + r, BQ);
 
     // Keys any query of the unit may see: the union over its heads of the mask's ranges.
     const std::int64_t p0 = c.p0, p1 = c.p0 + c.nq, kv_len = a.kv_len_of(c.b);
@@ -267,7 +276,7 @@ struct unit_runner {
             const std::int64_t first = tk0 + (sample - tk0 % sample) % sample;
             const std::int64_t rows = first < k1 ? (k1 - first + sample - 1) / sample : 0;
             if (rows == 0) continue;
-            kernels::qk_block<Arch, NV>(qt, BQ, krows.row<float>(first), sample * krows.stride, D, rows, st, BQ);
+            kernels::qk_block<Arch, NV>(qt, BQ, krows.row<float>(first), sample * krows.seg[0].stride, D, rows, st, BQ);
             if (policy.has_score())
               for (std::int64_t r = 0; r < rows; ++r) {
                 td.k0 = first + r * sample;

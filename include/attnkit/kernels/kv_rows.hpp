@@ -20,48 +20,70 @@ inline namespace ATTNKIT_ISA_NS {
 namespace detail {
 
 struct kv_rows {
-  const void* base = nullptr;           // row 0 (contiguous), or the page pool at this kv head
-  std::int64_t stride = 0;              // elements between rows (inside a page when paged)
+  // A row is one segment, or two (MLA keys: latent, then rope key) laid end to end.
+  struct segment {
+    const void* base = nullptr;  // row 0 (contiguous), or the page pool at this kv head
+    std::int64_t stride = 0;     // elements between rows (inside a page when paged)
+    std::int64_t page_stride = 0;
+  };
+  segment seg[2];
+  int nseg = 1;
+  std::int64_t dim0 = 0;                // elements of segment 0 when nseg == 2
   dtype type = dtype::f32;
   const std::int32_t* pages = nullptr;  // paged: this sequence's page ids
-  std::int64_t page_size = 0, page_stride = 0;
+  std::int64_t page_size = 0;
 
   /// K (`key` = true) or V rows of batch b, kv head kvh.
   static kv_rows of(const dense_args& a, bool key, std::int64_t b, std::int64_t kvh) noexcept {
     kv_rows r;
-    const std::int64_t sb = key ? a.k_sb : a.v_sb, sh = key ? a.k_sh : a.v_sh;
-    const std::int64_t elem = a.kv_type == dtype::f32 ? 4 : 2;
-    const char* p = static_cast<const char*>(key ? a.k : a.v);
-    r.stride = key ? a.k_ss : a.v_ss;
     r.type = a.kv_type;
-    if (a.page_table) {
-      r.base = p + kvh * sh * elem;
-      r.pages = a.page_table + b * a.pt_sb;
-      r.page_size = a.page_size;
-      r.page_stride = sb;
+    r.pages = a.page_table ? a.page_table + b * a.pt_sb : nullptr;
+    r.page_size = a.page_size;
+    const std::int64_t elem = a.kv_type == dtype::f32 ? 4 : 2;
+    auto make = [&](const void* p, std::int64_t sb, std::int64_t sh, std::int64_t ss) {
+      segment s;
+      s.stride = ss;
+      s.page_stride = a.page_table ? sb : 0;
+      s.base = static_cast<const char*>(p) + ((a.page_table ? 0 : b * sb) + kvh * sh) * elem;
+      return s;
+    };
+    if (key) {
+      r.seg[0] = make(a.k, a.k_sb, a.k_sh, a.k_ss);
+      if (a.k2) {
+        r.seg[1] = make(a.k2, a.k2_sb, a.k2_sh, a.k2_ss);
+        r.nseg = 2;
+        r.dim0 = a.qk_dim - a.k2_dim;
+      }
     } else {
-      r.base = p + (b * sb + kvh * sh) * elem;
+      r.seg[0] = make(a.v, a.v_sb, a.v_sh, a.v_ss);
     }
     return r;
   }
 
-  template <class T>
-  const T* row(std::int64_t t) const noexcept {
-    const T* b = static_cast<const T*>(base);
-    if (!pages) return b + t * stride;
-    return b + std::int64_t(pages[t / page_size]) * page_stride + (t % page_size) * stride;
+  /// Elements from segment s's base to its row t.
+  std::int64_t offset(std::int64_t t, int s) const noexcept {
+    if (!pages) return t * seg[s].stride;
+    return std::int64_t(pages[t / page_size]) * seg[s].page_stride + (t % page_size) * seg[s].stride;
   }
 
-  /// Asks for rows [t0, t0 + n) of `bytes` each to be brought into cache. Decode streams
+  /// Row t of segment s (T is the storage type).
+  template <class T>
+  const T* row(std::int64_t t, int s = 0) const noexcept {
+    return static_cast<const T*>(seg[s].base) + offset(t, s);
+  }
+
+  /// Asks for rows [t0, t0 + n) of `dim` elements to be brought into cache. Decode streams
   /// the cache tile by tile; fetching the next tile while this one computes keeps the
   /// memory busy (the hardware prefetcher alone leaves gaps at every switch between the K
-  /// and V streams).
-  void prefetch(std::int64_t t0, std::int64_t n, std::int64_t bytes) const noexcept {
+  /// and V streams, and at every page).
+  void prefetch(std::int64_t t0, std::int64_t n, std::int64_t dim) const noexcept {
     const std::int64_t elem = type == dtype::f32 ? 4 : 2;
-    for (std::int64_t t = t0; t < t0 + n; ++t) {
-      const char* p = static_cast<const char*>(base) + (pages ? std::int64_t(pages[t / page_size]) * page_stride + (t % page_size) * stride
-                                                              : t * stride) * elem;
-      for (std::int64_t x = 0; x < bytes; x += 64) __builtin_prefetch(p + x, 0, 3);
+    for (int s = 0; s < nseg; ++s) {
+      const std::int64_t bytes = (nseg == 1 ? dim : s == 0 ? dim0 : dim - dim0) * elem;
+      for (std::int64_t t = t0; t < t0 + n; ++t) {
+        const char* p = static_cast<const char*>(seg[s].base) + offset(t, s) * elem;
+        for (std::int64_t x = 0; x < bytes; x += 64) __builtin_prefetch(p + x, 0, 3);
+      }
     }
   }
 
@@ -80,23 +102,30 @@ struct kv_rows {
   const float* tile(std::int64_t t0, std::int64_t n, std::int64_t dim, float* buf, std::int64_t ld_buf, bool padded,
                     std::int64_t& ld) const noexcept {
     const bool one_stride = !pages || t0 / page_size == (t0 + n - 1) / page_size;
-    if (type == dtype::f32 && one_stride && (!padded || dim == ld_buf)) {
-      ld = stride;
+    if (type == dtype::f32 && nseg == 1 && one_stride && (!padded || dim == ld_buf)) {
+      ld = seg[0].stride;
       return row<float>(t0);
     }
     ld = ld_buf;
     switch (type) {
-      case dtype::bf16:
-        for (std::int64_t r = 0; r < n; ++r) simd::widen_row<Arch>(row<bf16>(t0 + r), buf + r * ld_buf, dim, ld_buf);
-        break;
-      case dtype::f16:
-        for (std::int64_t r = 0; r < n; ++r) simd::widen_row<Arch>(row<fp16>(t0 + r), buf + r * ld_buf, dim, ld_buf);
-        break;
-      default:
-        for (std::int64_t r = 0; r < n; ++r) simd::widen_row<Arch>(row<float>(t0 + r), buf + r * ld_buf, dim, ld_buf);
-        break;
+      case dtype::bf16: gather<Arch, bf16>(t0, n, dim, buf, ld_buf); break;
+      case dtype::f16: gather<Arch, fp16>(t0, n, dim, buf, ld_buf); break;
+      default: gather<Arch, float>(t0, n, dim, buf, ld_buf); break;
     }
     return buf;
+  }
+
+  template <class Arch, class T>
+  void gather(std::int64_t t0, std::int64_t n, std::int64_t dim, float* buf, std::int64_t ld_buf) const noexcept {
+    for (std::int64_t r = 0; r < n; ++r) {
+      float* dst = buf + r * ld_buf;
+      if (nseg == 1) {
+        simd::widen_row<Arch>(row<T>(t0 + r), dst, dim, ld_buf);
+      } else {
+        simd::widen_row<Arch>(row<T>(t0 + r, 0), dst, dim0, dim0);
+        simd::widen_row<Arch>(row<T>(t0 + r, 1), dst + dim0, dim - dim0, ld_buf - dim0);
+      }
+    }
   }
 };
 
