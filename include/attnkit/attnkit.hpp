@@ -12,5 +12,7 @@
 #include "paged.hpp"
 #include "kv_cache.hpp"
 #include "linear.hpp"
+#include "latent.hpp"
 #include "reference/reference.hpp"
 #include "reference/linear.hpp"
+#include "reference/latent.hpp"
