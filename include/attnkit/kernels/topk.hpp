@@ -146,7 +146,7 @@ struct topk_consumer {
     // bracket; those are sorted to pick t. Then every score > t stays, and of the scores
     // == t the first ones (lowest keys) fill the rest.
     void select(int lane) noexcept {
-      constexpr int few = 16;
+      constexpr int few = 8;
       constexpr float inf = std::numeric_limits<float>::infinity();
       float* s = sc + lane * cap;
       std::int64_t* k = key + lane * cap;
