@@ -182,9 +182,9 @@ TEST_CASE("decode: Lq 1..16 with every GQA ratio 1..8 and 1..3 KV heads", "[deco
   for (index_t lq = 1; lq <= 16; ++lq)
     for (index_t ratio = 1; ratio <= 8; ++ratio) {
       const index_t kv_heads = 1 + (lq + ratio) % 3;
-      sparse_case c = make_case(1 + i % 2, ratio * kv_heads, kv_heads, lq, lengths[i % 7], dims[i % 4],
+      sparse_case c = make_case(1 + i / 2 % 2, ratio * kv_heads, kv_heads, lq, lengths[i % 7], dims[i % 4],
                                 std::uint32_t(100 + i), i);
-      const bool causal = i % 2 == 0;
+      const bool causal = (i + i / 8) % 2 == 0;  // both masks for every ratio
       c.what = causal ? "causal" : "no_mask";
       if (causal) check_decode(c, kv_type::f32, isa, attnkit::causal{}, d_causal());
       else check_decode(c, kv_type::f32, isa, attnkit::no_mask{}, d_all());
@@ -203,7 +203,7 @@ TEST_CASE("decode: key lengths around the tile (64), the chunk (256, 320, ...) a
       sparse_case c = make_case(2, 4, 2, lq, lk, 16, std::uint32_t(200 + i), i);
       const bool causal = i % 2 == 1;
       c.what = causal ? "causal" : "no_mask";
-      const kv_type t = kKvTypes[i % 3];
+      const kv_type t = kKvTypes[(i + i / 3) % 3];
       if (causal) check_decode(c, t, isa, attnkit::causal{}, d_causal());
       else check_decode(c, t, isa, attnkit::no_mask{}, d_all());
       ++i;
@@ -221,7 +221,7 @@ TEST_CASE("decode: long caches with 25..32 chunks, on and off the chunk grid", "
     for (index_t lq : {1, 16}) {
       sparse_case c = make_case(1, 2, 1, lq, lk, 8, std::uint32_t(300 + i), i);
       c.lse_seq_stride = 2;
-      const bool stream = i % 2 == 1;
+      const bool stream = (i + i / 2) % 2 == 1;
       c.what = stream ? "(sliding_window{300} | sink_tokens{4}) & causal" : "no_mask";
       const kv_type t = kKvTypes[i % 3];
       if (stream)
@@ -245,7 +245,7 @@ TEST_CASE("decode: head dims 1, 3, 17, 64, 128, and v_dim != qk_dim", "[decode][
       sparse_case c = make_case(1, 4 * kv_heads, kv_heads, lq, 333, d.first, std::uint32_t(400 + i), i);
       c.v_dim = d.second;
       c.what = "causal";
-      check_decode(c, kKvTypes[i % 3], isa, attnkit::causal{}, d_causal());
+      check_decode(c, kKvTypes[(i + i / 3) % 3], isa, attnkit::causal{}, d_causal());
       ++i;
     }
 }
@@ -258,7 +258,7 @@ TEST_CASE("decode: bf16 and fp16 K/V storage (the reference reads the same round
     for (index_t d : {17, 64, 128})
       for (index_t lq : {1, 4, 16}) {
         sparse_case c = make_case(2, 8, 2, lq, 700, d, std::uint32_t(500 + i), i);
-        switch (i % 3) {
+        switch ((i + i / 3) % 3) {
           case 0:
             c.what = "no_mask";
             check_decode(c, t, isa, attnkit::no_mask{}, d_all());
@@ -350,7 +350,7 @@ TEST_CASE("decode: a sliding window reads only the window (keys outside it hold 
       c.what = "sliding_window{100}";
       check_decode(c, t, isa, attnkit::sliding_window{100}, d_sliding(100), poison_unseen(c, d_sliding(100)));
       c.what = "StreamingLLM (sliding_window{77} | sink_tokens{4}) & causal";
-      c.sinks = i % 2 == 0;
+      c.sinks = (i + i / 2) % 2 == 0;
       check_decode(c, t, isa, (attnkit::sliding_window{77} | attnkit::sink_tokens{4}) & attnkit::causal{},
                    d_streaming(77, 4), poison_unseen(c, d_streaming(77, 4)));
       ++i;
@@ -366,12 +366,12 @@ TEST_CASE("decode: learned sink logits, softcap, scale, lse strides", "[decode][
       c.sinks = true;
       c.sink_lo = -3.f, c.sink_hi = 6.f;  // sinks that dominate short rows too
       c.softcap = i % 2 ? 0.f : 0.7f;     // bends the unit-range scores noticeably
-      c.scale = i % 3 == 0 ? 0.5f : 0.f;
+      c.scale = (i + i / 3) % 3 == 0 ? 0.5f : 0.f;
       c.lse_seq_stride = 1 + i % 3;
       c.what = "causal";
-      check_decode(c, kKvTypes[i % 3], isa, attnkit::causal{}, d_causal());
+      check_decode(c, kKvTypes[(i + i / 3) % 3], isa, attnkit::causal{}, d_causal());
       c.what = "sliding_window{40}";
-      check_decode(c, kKvTypes[(i + 1) % 3], isa, attnkit::sliding_window{40}, d_sliding(40));
+      check_decode(c, kKvTypes[(i + i / 3 + 1) % 3], isa, attnkit::sliding_window{40}, d_sliding(40));
       ++i;
     }
 }
@@ -417,7 +417,7 @@ TEST_CASE("decode: batch > 1 with bshd (make_bshd), padded and misaligned views"
       c.o_spec = spec_for(layout_index + 2 * i + 1);
       c.lse_seq_stride = 1 + i % 2;
       c.what = "causal";
-      check_decode(c, kKvTypes[i % 3], isa, attnkit::causal{}, d_causal());
+      check_decode(c, kKvTypes[(i + i / 3) % 3], isa, attnkit::causal{}, d_causal());
       ++i;
     }
 }
@@ -658,7 +658,7 @@ TEST_CASE("paged: equals contiguous attention() bitwise, and the reference (ragg
         if (i % 2) std::reverse(lens.begin(), lens.end());
         const paged_problem p(lens, 8, 2, lq, 24, i % 3 == 0 ? 24 : 40, ps, t, i % 4 != 3,
                               std::uint32_t(1200 + i), i % 2 == 0);
-        switch (i % 3) {
+        switch ((i + i / 3) % 3) {  // every mask with every Lq
           case 0: check_paged(p, attnkit::causal{}, d_causal()); break;
           case 1: check_paged(p, attnkit::no_mask{}, d_all()); break;
           default:
