@@ -148,6 +148,9 @@ struct decode_runner {
     constexpr bool lanes = RB == 0;  // queries-in-lanes kernels
     const int rows = int(c.nh * c.nq);
     const int rp = lanes ? rows : (rows + RB - 1) / RB * RB;
+    // Up to 4 rows: compact score tile St[t][rp] (micro_rows.hpp), else St[t][BQ].
+    const bool compact = !lanes && rp <= 4;
+    const std::int64_t ld_s = compact ? rp : BQ;
     float* qr = ws;              // [BQ][dp] rows, or Qt [D][BQ]
     float* o = qr + BQ * dp;     // [BQ][dvp] rows, or Ot [DV][BQ]
     float* st = o + BQ * dvp;    // [bk][BQ]
@@ -205,27 +208,35 @@ struct decode_runner {
           if (D == dp && krows.nseg == 1) {
             const KV* kp[bk];
             krows.row_ptrs<KV>(tk0, nk, kp);
-            for (int r0 = 0; r0 < rp; r0 += RB) kernels::qk_rows<Arch, RB>(qr + r0 * dp, dp, kp, dp, nk, st + r0, BQ);
+            for (int r0 = 0; r0 < rp; r0 += RB) kernels::qk_rows<Arch, RB>(qr + r0 * dp, dp, kp, dp, nk, st + r0, ld_s);
           } else {
             const float* kt = krows.tile<Arch>(tk0, nk, D, kbuf, dp, true, ldk);
             const float* kp[bk];
             for (std::int64_t t = 0; t < nk; ++t) kp[t] = kt + t * ldk;
-            for (int r0 = 0; r0 < rp; r0 += RB) kernels::qk_rows<Arch, RB>(qr + r0 * dp, dp, kp, dp, nk, st + r0, BQ);
+            for (int r0 = 0; r0 < rp; r0 += RB) kernels::qk_rows<Arch, RB>(qr + r0 * dp, dp, kp, dp, nk, st + r0, ld_s);
           }
         }
         td.k0 = tk0;
         td.nk = nk;
-        if (policy.has_score()) policy.score_tile(td, st, BQ);
-        if (a.softcap != 0.f) kernels::softcap_tile<Arch, NV>(st, BQ, nk, a.softcap);
-        if (!all_full) policy.mask_tile(td, st, BQ);
-        kernels::online_softmax<Arch, NV>(st, BQ, nk, m, l, alpha);
+        if (policy.has_score()) policy.score_tile(td, st, ld_s);
+        if (a.softcap != 0.f) {
+          if (compact)
+            kernels::softcap_flat<Arch>(st, nk * rp, a.softcap);
+          else
+            kernels::softcap_tile<Arch, NV>(st, BQ, nk, a.softcap);
+        }
+        if (!all_full) policy.mask_tile(td, st, ld_s);
+        if (compact)
+          kernels::online_softmax_rows<Arch>(st, nk, rp, m, l, alpha);
+        else
+          kernels::online_softmax<Arch, NV>(st, BQ, nk, m, l, alpha);
         if constexpr (lanes) {
           const float* vt = vrows.tile<Arch>(tk0, nk, DV, vbuf, DV, false, ldv);
           kernels::pv_block<Arch, NV>(o, BQ, alpha, st, BQ, vt, ldv, DV, nk);
         } else {
           auto pv = [&](const auto* const* vp) {
             for (int r0 = 0; r0 < rp; r0 += RB)
-              kernels::pv_rows<Arch, RB>(o + r0 * dvp, dvp, alpha + r0, st + r0, BQ, vp, dvp, nk);
+              kernels::pv_rows<Arch, RB>(o + r0 * dvp, dvp, alpha + r0, st + r0, ld_s, vp, dvp, nk);
           };
           if (DV == dvp) {
             const KV* vp[bk];

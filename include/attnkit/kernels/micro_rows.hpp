@@ -16,7 +16,10 @@
 #include <cstring>
 #include <type_traits>
 
+#include <limits>
+
 #include "../simd/convert.hpp"
+#include "../simd/math.hpp"
 #include "../simd/simd.hpp"
 
 namespace attnkit {
@@ -95,7 +98,7 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT
         for (int r = 0; r < RB; ++r) acc[j * RB + r] = xsimd::fma(qv[r], kv[j], acc[j * RB + r]);
     }
     const B s = hsum_rows<Arch>(acc);  // lane j * RB + r = row r . key t0 + j
-    if (RB == W) {
+    if (RB == W || (ld_s == RB && kn == KB)) {  // lanes already in St's order
       s.store_unaligned(st + t0 * ld_s);
     } else {
       s.store_aligned(tmp);
@@ -131,6 +134,68 @@ ATTNKIT_ALWAYS_INLINE void pv_rows_cols(float* ATTNKIT_RESTRICT o, std::int64_t 
       float* op = o + r * ld_o + c * W;
       xsimd::fma(B::load_aligned(op), a, acc[r][c]).store_aligned(op);
     }
+  }
+}
+
+// Compact score tiles: with at most 4 rows (rp in {1, 2, 4}, dividing the vector width) St
+// is stored as St[t][r] with leading dimension rp, W / rp keys per vector, so the softmax
+// works on whole vectors instead of mostly empty lanes.
+
+// softcap over n consecutive scores: s <- cap * tanh(s / cap).
+template <class Arch>
+inline void softcap_flat(float* st, std::int64_t n, float cap) noexcept {
+  using B = simd::vfloat<Arch>;
+  constexpr std::int64_t W = B::size;
+  const B c(cap), inv(1.f / cap);
+  std::int64_t i = 0;
+  for (; i + W <= n; i += W) (c * simd::tanh<Arch>(B::load_unaligned(st + i) * inv)).store_unaligned(st + i);
+  if (i < n) {
+    alignas(64) float t[W] = {};
+    for (std::int64_t j = i; j < n; ++j) t[j - i] = st[j];
+    (c * simd::tanh<Arch>(B::load_aligned(t) * inv)).store_aligned(t);
+    for (std::int64_t j = i; j < n; ++j) st[j] = t[j - i];
+  }
+}
+
+// online_softmax_rows: online_softmax (micro.hpp) on a compact tile St[nk][rp]: per row r,
+// m_new = max(m, max_t St[t][r]), base = m_new or 0 where it is -inf (Note [Minus
+// infinity] in micro.hpp), alpha = exp(m - base), P = exp(St - base), l = alpha l + sum P.
+// St must have room for whole vectors past nk * rp (padded with -inf here).
+template <class Arch>
+inline void online_softmax_rows(float* st, std::int64_t nk, int rp, float* m, float* l, float* alpha) noexcept {
+  using B = simd::vfloat<Arch>;
+  constexpr int W = int(B::size);
+  constexpr float minus_inf = -std::numeric_limits<float>::infinity();
+  const std::int64_t n = nk * rp, nvec = (n + W - 1) / W;
+  for (std::int64_t i = n; i < nvec * W; ++i) st[i] = minus_inf;
+  B mx[4] = {B(minus_inf), B(minus_inf), B(minus_inf), B(minus_inf)};
+  std::int64_t v = 0;
+  for (; v + 4 <= nvec; v += 4)
+    for (int c = 0; c < 4; ++c) mx[c] = simd::max<Arch>(mx[c], B::load_aligned(st + (v + c) * W));
+  for (int c = 0; v < nvec; ++v, ++c) mx[c] = simd::max<Arch>(mx[c], B::load_aligned(st + v * W));
+  alignas(64) float t[W], pat[W];
+  simd::max<Arch>(simd::max<Arch>(mx[0], mx[1]), simd::max<Arch>(mx[2], mx[3])).store_aligned(t);
+  float base[4];
+  for (int r = 0; r < rp; ++r) {
+    float tm = m[r];
+    for (int j = r; j < W; j += rp) tm = t[j] > tm ? t[j] : tm;
+    base[r] = tm == minus_inf ? 0.f : tm;
+    alpha[r] = std::exp(m[r] - base[r]);
+    m[r] = tm;
+  }
+  for (int j = 0; j < W; ++j) pat[j] = base[j % rp];
+  const B bp = B::load_aligned(pat);
+  B sum[2] = {B(0.f), B(0.f)};
+  for (v = 0; v < nvec; ++v) {
+    const B p = simd::exp<Arch>(B::load_aligned(st + v * W) - bp);
+    p.store_aligned(st + v * W);
+    sum[v & 1] += p;
+  }
+  (sum[0] + sum[1]).store_aligned(t);
+  for (int r = 0; r < rp; ++r) {
+    float s = 0.f;
+    for (int j = r; j < W; j += rp) s += t[j];
+    l[r] = alpha[r] * l[r] + s;
   }
 }
 
