@@ -73,7 +73,8 @@ void attention_paged(const tensor_view<TQ>& q, const tensor_view<TK>& k_pages, c
     if (len < 0 || len > page_table.cols * page_size)
       fail(fn, message() << "seq_lens[" << b << "] = " << len << " does not fit " << page_table.cols
                          << " pages of " << page_size << " keys");
-    for (index_t j = 0; j < (len + page_size - 1) / page_size; ++j) {
+    const index_t used = page_size > 0 ? (len + page_size - 1) / page_size : 0;  // page size 0: no pages, len 0
+    for (index_t j = 0; j < used; ++j) {
       const std::int32_t id = page_table.data[b * pt_stride + j];
       if (id < 0 || id >= num_pages)
         fail(fn, message() << "page_table[" << b << "][" << j << "] = " << id << " is not a page of 'k_pages' (0.."
