@@ -194,3 +194,22 @@ TEST_CASE("decode errors: merge_partials with n < 1 or mismatched shapes", "[err
   CHECK_THAT(message_of([&] { attnkit::merge_partials(outs, lses, 2, out, lse); }), Contains("lses[1]"));
   CHECK(untouched());
 }
+
+TEST_CASE("decode errors: an empty pool (no pages, page size 0) with empty sequences does not crash",
+          "[errors][decode]") {
+  // attention_paged accepts page size 0 when there are no pages (its check is `page_size < 1
+  // && num_pages > 0`); the page-id loop must then not divide by the page size.
+  problem p;
+  std::vector<float> none(1, 0.f);
+  const tensor_view<float> empty(none.data(), {{0, 2, 0, 8}}, {{16, 8, 8, 1}});
+  const std::vector<std::int32_t> zeros = {0, 0};
+  try {
+    attnkit::attention_paged(p.q, empty, empty, {zeros.data(), 2, 0, 0}, {zeros.data(), 2}, p.out,
+                             attnkit::no_mask{}, p.opt, p.lse);
+    // no keys: every row is fully masked
+    for (float x : p.ob) CHECK(x == 0.f);
+    for (float x : p.lb) CHECK(x == -std::numeric_limits<float>::infinity());
+  } catch (const attnkit::error& e) {
+    CHECK_THAT(std::string(e.what()), Contains("k_pages"));  // rejecting it is fine too
+  }
+}
