@@ -186,11 +186,16 @@ void mla_expanded_attention(const tensor_view<TQ>& q_nope, const tensor_view<TQR
   if (c_kv.heads() != 1 || k_rope.heads() != 1)
     detail::fail(fn, detail::message() << "'c_kv' " << c_kv.extents() << " and 'k_rope' " << k_rope.extents()
                                        << " must have exactly one head: the latent cache is shared by all heads");
-  if (c_kv.batch() != B || k_rope.batch() != B || k_rope.seq() != Lk || q_rope.batch() != B || q_rope.heads() != H ||
-      q_rope.seq() != Lq || k_rope.dim() != dr)
-    detail::fail(fn, detail::message() << "shapes do not match: q_nope " << q_nope.extents() << ", q_rope "
-                                       << q_rope.extents() << ", c_kv " << c_kv.extents() << ", k_rope "
-                                       << k_rope.extents() << " (rope dims, batch and seq must agree)");
+  auto shapes = [&](const char* what) {
+    return detail::message() << what << " (q_nope is " << q_nope.extents() << ", q_rope is " << q_rope.extents()
+                             << ", c_kv is " << c_kv.extents() << ", k_rope is " << k_rope.extents() << ")";
+  };
+  if (k_rope.dim() != dr) detail::fail(fn, shapes("rope dim mismatch: dim of 'k_rope' must equal dim of 'q_rope'"));
+  if (q_rope.batch() != B || q_rope.heads() != H || q_rope.seq() != Lq)
+    detail::fail(fn, shapes("'q_rope' must have the batch, heads and seq of 'q_nope'"));
+  if (c_kv.batch() != B || k_rope.batch() != B)
+    detail::fail(fn, shapes("batch of 'c_kv' and 'k_rope' must equal batch of 'q_nope'"));
+  if (k_rope.seq() != Lk) detail::fail(fn, shapes("seq of 'k_rope' must equal seq of 'c_kv'"));
   const mla_options o = detail::mla_weight_options(fn, options, dn);
   const float scale = detail::mla_scale(fn, o, dr);
   detail::check_view(fn, "out", out);
