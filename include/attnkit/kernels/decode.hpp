@@ -98,37 +98,32 @@ struct decode_runner {
     return c;
   }
 
+  // Few rows (under two vectors of lanes): dim-in-lanes kernels (micro_rows.hpp) in blocks
+  // of RB rows, with a compact score tile up to 4 rows. From two full vectors of rows on,
+  // the flash driver's queries-in-lanes kernels use the lanes well and win (RB = 0).
   void operator()(std::int64_t unit, float* ws) const noexcept {
     const unit_coords c = coords(unit / plan.n_split);
     const std::int64_t split = unit % plan.n_split;
+    float* part = parts + unit * plan.slot;
     const int rows = int(c.nh * c.nq);
-    const int nv = (rows + W - 1) / W;
-    switch (nv) {
-      case 1: run_rows<1>(c, split, ws, parts + unit * plan.slot); break;
-      case 2: run_rows<nv_cap(2)>(c, split, ws, parts + unit * plan.slot); break;
-      case 3: run_rows<nv_cap(3)>(c, split, ws, parts + unit * plan.slot); break;
-      default: run_rows<nv_cap(4)>(c, split, ws, parts + unit * plan.slot); break;
-    }
+    if (rows == 1)
+      run_typed<1, 1>(c, split, ws, part);
+    else if (rows == 2)
+      run_typed<1, 2>(c, split, ws, part);
+    else if (rows <= W)
+      run_typed<1, 4>(c, split, ws, part);
+    else if (rows < 2 * W)
+      run_typed<nv_cap(2), 4>(c, split, ws, part);
+    else if (rows <= 2 * W)  // the flash kernels read fp32 tiles
+      run<nv_cap(2), 0, float>(c, split, ws, part);
+    else if (rows <= 3 * W)
+      run<nv_cap(3), 0, float>(c, split, ws, part);
+    else
+      run<nv_cap(4), 0, float>(c, split, ws, part);
   }
 
   static constexpr int nv_cap(int n) noexcept {
     return n <= dense_plan<Arch>::NVMAX ? n : dense_plan<Arch>::NVMAX;
-  }
-
-  // Few rows: dim-in-lanes kernels (micro_rows.hpp) in blocks of RB rows. From two full
-  // vectors of rows on, the flash driver's queries-in-lanes kernels use the lanes well and
-  // win (RB = 0 selects them).
-  template <int NV>
-  void run_rows(const unit_coords& c, std::int64_t split, float* ws, float* part) const noexcept {
-    const int rows = int(c.nh * c.nq);
-    if (rows >= 2 * W)
-      run<NV, 0, float>(c, split, ws, part);  // the flash kernels read fp32 tiles
-    else if (rows == 1)
-      run_typed<NV, 1>(c, split, ws, part);
-    else if (rows == 2)
-      run_typed<NV, 2>(c, split, ws, part);
-    else
-      run_typed<NV, 4>(c, split, ws, part);
   }
 
   // The dim-in-lanes kernels read 16-bit K/V in place, widening in registers.
