@@ -60,6 +60,13 @@ void attention_paged(const tensor_view<TQ>& q, const tensor_view<TK>& k_pages, c
     fail(fn, message() << "'k_pages' " << k_pages.extents() << " and 'v_pages' " << v_pages.extents()
                        << " must have the same pages, page size and heads");
   if (page_size < 1 && num_pages > 0) fail(fn, message() << "page size (axis 2 of 'k_pages') must be >= 1");
+  // Checked here so that messages name the pools (the checks below see a stand-in 'k').
+  detail::check_view(fn, "q", q);
+  if (k_pages.heads() < 1 || q.heads() % k_pages.heads() != 0)
+    fail(fn, message() << "heads of 'q' " << q.extents() << " must be a multiple of the kv heads (axis 1) of 'k_pages' "
+                       << k_pages.extents());
+  if (k_pages.dim() != q.dim())
+    fail(fn, message() << "dim of 'k_pages' " << k_pages.extents() << " must equal dim of 'q' " << q.extents());
   if (seq_lens.size != batch || (batch > 0 && seq_lens.data == nullptr))
     fail(fn, message() << "argument 'seq_lens' must hold one length per sequence: batch of 'q' is " << batch
                        << ", got " << seq_lens.size);
