@@ -25,7 +25,7 @@ inline namespace ATTNKIT_ISA_NS {
 namespace detail {
 
 struct topk_consumer {
-  static constexpr int max_rank = 13;  // depth of the per-lane sample network: the rank used
+  static constexpr int max_rank = 13;  // depth of the per-lane sample network (see unit())
   static constexpr int pass_rows = 16;  // St rows compared before their candidates are filed
 
   // A lane's buffer holds up to topk + slack candidates (padded to whole vectors); when it
@@ -116,11 +116,13 @@ struct topk_consumer {
     }
 
     // `n_sampled` of the `keys` walked were sampled: the rank-th best sample is beaten by
-    // about rank * keys / n_sampled keys; aim at `target` (no threshold if out of reach).
+    // about rank * keys / n_sampled keys; aim at `target`. Tiles cut by range ends or off
+    // the stride's grid can hold one sample more than their share, which would ask for a
+    // rank just past the network: those walks take its last rank (a little tighter).
     void end_sample(std::int64_t n_sampled, std::int64_t keys) noexcept {
       if (n_sampled == 0) return;
-      const std::int64_t rank = (target * n_sampled + keys - 1) / keys;
-      if (rank < 1 || rank > max_rank) return;
+      std::int64_t rank = (target * n_sampled + keys - 1) / keys;
+      if (rank > max_rank) rank = max_rank;
       for (int x = 0; x < lanes; ++x) {
         thr[x] = top[(rank - 1) * BQ + x];
         sampled[x] = thr[x] > -std::numeric_limits<float>::infinity();
@@ -143,8 +145,8 @@ struct topk_consumer {
     // Keeps the best topk of a lane's n candidates, in key order. The topk-th largest score t
     // is bracketed by bisection on the order-preserving integer image of the floats (each
     // step one vector counting pass) until at most `few` candidates remain inside the
-    // bracket; those are sorted to pick t. Then every score > t stays, and of the scores
-    // == t the first ones (lowest keys) fill the rest.
+    // bracket; ranking those picks t. Then every score > t stays, and of the scores == t
+    // the first ones (lowest keys) fill the rest.
     void select(int lane) noexcept {
       constexpr int few = 8;
       constexpr float inf = std::numeric_limits<float>::infinity();
