@@ -574,8 +574,10 @@ TEST_CASE("latent routing: latent_attention == double two-step reference (M, N, 
     for (index_t n : {1, 37, 300}) {
       routing_case c;
       c.M = m, c.N = n, c.seed = std::uint32_t(1000 + i);
-      c.H = i % 3 == 0 ? 4 : 2;
-      c.Hkv = i % 3 == 0 ? 2 : i % 3 == 1 ? 1 : 2;
+      // heads cycle with period 4 and N with period 3: every GQA shape meets every N
+      const index_t heads[4][2] = {{4, 2}, {2, 1}, {2, 2}, {6, 2}};
+      c.H = heads[i % 4][0];
+      c.Hkv = heads[i % 4][1];
       c.B = 1 + i % 2;
       c.shared_latents = i % 4 != 1;
       c.d = i % 2 ? 16 : 24;

@@ -243,7 +243,6 @@ void mla_expanded_attention(const tensor_view<TQ>& q_nope, const tensor_view<TQR
     a.k2_dim = dr;
     a.qk_dim = dn + dr;
   }
-  a.scale = scale;
   ATTNKIT_DISPATCH(dense_forward, a, mask);
 }
 

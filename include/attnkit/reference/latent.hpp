@@ -53,6 +53,9 @@ result mla_attention(const tensor_view<TQ>& q_lat, const tensor_view<TQR>& q_rop
   const auto a = attnkit::detail::mla_args(fn, q_lat, q_rope, c_kv, k_rope, make_bhsd(scratch.data(), B, H, Lq, r),
                                            mask, opt, tensor_view<float>{}, false);
   const index_t Lk = a.kv_len, offset = Lk - Lq;
+  // The convention written out again rather than taken from the kernel's validation.
+  const double scale = opt.scale != 0.f ? double(opt.scale)
+                                        : double(1.f / std::sqrt(float(opt.qk_nope_head_dim + dr)));
   result res;
   res.batch = B, res.heads = H, res.q_len = Lq, res.v_dim = r;
   res.out.assign(std::size_t(B * H * Lq * r), 0.0);
@@ -70,7 +73,7 @@ result mla_attention(const tensor_view<TQ>& q_lat, const tensor_view<TQR>& q_rop
           double dot = 0;
           for (index_t d = 0; d < r; ++d) dot += double(q_lat(b, h, i, d)) * double(to_float(c_kv(b, 0, j, d)));
           for (index_t d = 0; d < dr; ++d) dot += double(q_rope(b, h, i, d)) * double(to_float(k_rope(b, 0, j, d)));
-          double x = dot * double(a.scale);
+          double x = dot * scale;
           if constexpr (has_score<Mask>::value) x = mask.score(float(x), b, h, qpos, j);
           if (opt.softcap != 0.f) x = double(opt.softcap) * std::tanh(x / double(opt.softcap));
           s.push_back(x);
@@ -111,7 +114,9 @@ result mla_expanded(const tensor_view<TQ>& q_nope, const tensor_view<TQR>& q_rop
   if (o.qk_nope_head_dim != 0 && o.qk_nope_head_dim != dn)
     fail(fn, message() << "options.qk_nope_head_dim = " << o.qk_nope_head_dim << " but dim of 'q_nope' is " << dn);
   o.qk_nope_head_dim = dn;
-  const double scale = attnkit::detail::mla_scale(fn, o, dr);
+  (void)attnkit::detail::mla_scale(fn, o, dr);  // the same errors as the kernels
+  // The convention written out again rather than taken from the kernel's helpers.
+  const double scale = opt.scale != 0.f ? double(opt.scale) : double(1.f / std::sqrt(float(dn + dr)));
   if (c_kv.heads() != 1 || k_rope.heads() != 1 || c_kv.batch() != B || k_rope.batch() != B || k_rope.seq() != Lk ||
       k_rope.dim() != dr || q_rope.batch() != B || q_rope.heads() != H || q_rope.seq() != Lq)
     fail(fn, message() << "shapes do not match: q_nope " << q_nope.extents() << ", q_rope " << q_rope.extents()
