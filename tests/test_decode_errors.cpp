@@ -217,9 +217,8 @@ TEST_CASE("decode errors: an empty pool (no pages, page size 0) with empty seque
 TEST_CASE("decode errors: shape errors of attention_paged name 'k_pages', not the internal stand-in 'k'",
           "[errors][decode]") {
   // attention_paged validates q, out and the mask through attention()'s checks on a stand-in
-  // view [batch, kv_heads, longest, dim] of the pool, so these messages say "'k' is [2, 2, 9,
-  // 8]", a shape the caller never passed, instead of naming 'k_pages' (paged.hpp, the
-  // flash_args call on k_like / v_like).
+  // view [batch, kv_heads, longest, dim] of the pool; head and dim mismatches are checked
+  // before it, so messages name the pools the caller passed, not the stand-in 'k'.
   problem p;
   std::vector<float> qb(std::size_t(2 * 3 * 3 * 8), 0.5f), q6(std::size_t(2 * 4 * 3 * 6), 0.5f);
   const auto q3 = attnkit::make_bhsd(qb.data(), 2, 3, 3, 8);  // 3 heads on 2 KV heads
