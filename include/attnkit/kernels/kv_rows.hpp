@@ -66,6 +66,25 @@ struct kv_rows {
     return std::int64_t(pages[t / page_size]) * seg[s].page_stride + (t % page_size) * seg[s].stride;
   }
 
+  /// Calls f(i, offset of row t0 + i) for i < n, walking pages without a division per row
+  /// (decode computes a tile's row addresses for every tile it reads).
+  template <class F>
+  void for_rows(std::int64_t t0, std::int64_t n, int s, F&& f) const noexcept {
+    if (!pages) {
+      for (std::int64_t i = 0; i < n; ++i) f(i, (t0 + i) * seg[s].stride);
+      return;
+    }
+    std::int64_t p = t0 / page_size, r = t0 % page_size;
+    std::int64_t base = std::int64_t(pages[p]) * seg[s].page_stride;
+    for (std::int64_t i = 0; i < n; ++i, ++r) {
+      if (r == page_size) {  // only pages that hold a row of the range are read
+        r = 0;
+        base = std::int64_t(pages[++p]) * seg[s].page_stride;
+      }
+      f(i, base + r * seg[s].stride);
+    }
+  }
+
   /// Row t of segment s (T is the storage type).
   template <class T>
   const T* row(std::int64_t t, int s = 0) const noexcept {
@@ -80,10 +99,10 @@ struct kv_rows {
     const std::int64_t elem = type == dtype::f32 ? 4 : 2;
     for (int s = 0; s < nseg; ++s) {
       const std::int64_t bytes = (nseg == 1 ? dim : s == 0 ? dim0 : dim - dim0) * elem;
-      for (std::int64_t t = t0; t < t0 + n; ++t) {
-        const char* p = static_cast<const char*>(seg[s].base) + offset(t, s) * elem;
-        for (std::int64_t x = 0; x < bytes; x += 64) __builtin_prefetch(p + x, 0, 3);
-      }
+      const char* b = static_cast<const char*>(seg[s].base);
+      for_rows(t0, n, s, [&](std::int64_t, std::int64_t off) {
+        for (std::int64_t x = 0; x < bytes; x += 64) __builtin_prefetch(b + off * elem + x, 0, 3);
+      });
     }
   }
 
@@ -91,7 +110,8 @@ struct kv_rows {
   /// read rows in place wherever they are (pages included).
   template <class T>
   void row_ptrs(std::int64_t t0, std::int64_t n, const T** out) const noexcept {
-    for (std::int64_t t = 0; t < n; ++t) out[t] = row<T>(t0 + t);
+    const T* b = static_cast<const T*>(seg[0].base);
+    for_rows(t0, n, 0, [&](std::int64_t i, std::int64_t off) { out[i] = b + off; });
   }
 
   /// fp32 rows [t0, t0 + n) of `dim` elements: returns the first row and sets `ld` to the
