@@ -188,9 +188,21 @@ struct decode_runner {
           pack<lanes>(c, rp, qr, o, st, m, l);
           packed = true;
         }
-        // The next tile of this range, while this one computes.
+        // The next tile of this range is fetched while this one computes: spread over the
+        // dim-in-lanes kernels' steps when they read rows in place (the streaming case that
+        // decides decode speed), else asked for up front.
         const std::int64_t nn = ranges.r[ri].end - k1 < bk ? ranges.r[ri].end - k1 : bk;
-        if (nn > 0) {
+        const bool spread = !lanes && D == dp && DV == dvp && krows.nseg == 1;
+        const std::int64_t elem = a.kv_type == dtype::f32 ? 4 : 2;
+        const void* next_k[bk];
+        const void* next_v[bk];
+        kernels::prefetch_rows pk, pv;
+        if (nn > 0 && spread) {
+          krows.row_addrs(k1, nn, next_k);
+          vrows.row_addrs(k1, nn, next_v);
+          pk = kernels::prefetch_rows{next_k, nn, D * elem};
+          pv = kernels::prefetch_rows{next_v, nn, DV * elem};
+        } else if (nn > 0) {
           krows.prefetch(k1, nn, D);
           vrows.prefetch(k1, nn, DV);
         }
@@ -203,7 +215,8 @@ struct decode_runner {
           if (D == dp && krows.nseg == 1) {
             const KV* kp[bk];
             krows.row_ptrs<KV>(tk0, nk, kp);
-            for (int r0 = 0; r0 < rp; r0 += RB) kernels::qk_rows<Arch, RB>(qr + r0 * dp, dp, kp, dp, nk, st + r0, ld_s);
+            for (int r0 = 0; r0 < rp; r0 += RB)
+              kernels::qk_rows<Arch, RB>(qr + r0 * dp, dp, kp, dp, nk, st + r0, ld_s, r0 == 0 ? pk : kernels::prefetch_rows{});
           } else {
             const float* kt = krows.tile<Arch>(tk0, nk, D, kbuf, dp, true, ldk);
             const float* kp[bk];
@@ -229,19 +242,20 @@ struct decode_runner {
           const float* vt = vrows.tile<Arch>(tk0, nk, DV, vbuf, DV, false, ldv);
           kernels::pv_block<Arch, NV>(o, BQ, alpha, st, BQ, vt, ldv, DV, nk);
         } else {
-          auto pv = [&](const auto* const* vp) {
+          auto pv_all = [&](const auto* const* vp) {
             for (int r0 = 0; r0 < rp; r0 += RB)
-              kernels::pv_rows<Arch, RB>(o + r0 * dvp, dvp, alpha + r0, st + r0, ld_s, vp, dvp, nk);
+              kernels::pv_rows<Arch, RB>(o + r0 * dvp, dvp, alpha + r0, st + r0, ld_s, vp, dvp, nk,
+                                         r0 == 0 ? pv : kernels::prefetch_rows{});
           };
           if (DV == dvp) {
             const KV* vp[bk];
             vrows.row_ptrs<KV>(tk0, nk, vp);
-            pv(vp);
+            pv_all(vp);
           } else {
             const float* vt = vrows.tile<Arch>(tk0, nk, DV, vbuf, dvp, true, ldv);
             const float* vp[bk];
             for (std::int64_t t = 0; t < nk; ++t) vp[t] = vt + t * ldv;
-            pv(vp);
+            pv_all(vp);
           }
         }
       }

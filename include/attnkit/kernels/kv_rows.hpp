@@ -114,6 +114,13 @@ struct kv_rows {
     for_rows(t0, n, 0, [&](std::int64_t i, std::int64_t off) { out[i] = b + off; });
   }
 
+  /// Byte addresses of rows [t0, t0 + n) of segment 0 (for prefetching).
+  void row_addrs(std::int64_t t0, std::int64_t n, const void** out) const noexcept {
+    const std::int64_t elem = type == dtype::f32 ? 4 : 2;
+    const char* b = static_cast<const char*>(seg[0].base);
+    for_rows(t0, n, 0, [&](std::int64_t i, std::int64_t off) { out[i] = b + off * elem; });
+  }
+
   /// fp32 rows [t0, t0 + n) of `dim` elements: returns the first row and sets `ld` to the
   /// distance between rows. In place when possible; else widened/gathered into `buf`
   /// ([n][ld_buf], rows zero-padded to ld_buf). `padded` asks for rows that can be read in

@@ -61,13 +61,27 @@ ATTNKIT_ALWAYS_INLINE simd::vfloat<Arch> hsum_rows(const simd::vfloat<Arch>* acc
   }
 }
 
+// Rows to bring into cache while a kernel computes (decode: the next tile). Issued a few at
+// a time between the kernel's own steps, so the memory keeps streaming during the
+// arithmetic; a burst of prefetches before it would stall the core until they drained.
+struct prefetch_rows {
+  const void* const* rows = nullptr;
+  std::int64_t n = 0, bytes = 0;
+
+  ATTNKIT_ALWAYS_INLINE void touch(std::int64_t i) const noexcept {
+    if (i >= n) return;
+    const char* p = static_cast<const char*>(rows[i]);
+    for (std::int64_t x = 0; x < bytes; x += 64) __builtin_prefetch(p + x, 0, 3);
+  }
+};
+
 // qk_rows: St[t][r] = sum_{d < dp} Q[r][d] * K[t][d] for r < RB, t < nk.
 //   Q: RB rows at q + r * ld_q (aligned, zero-padded to dp, a multiple of W);
 //   K row t at k[t] (any address: contiguous or paged), readable up to dp;
 //   St: [nk][ld_s], only lanes [0, RB) written.
 template <class Arch, int RB, class KT>
 inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT* const* k, std::int64_t dp,
-                    std::int64_t nk, float* ATTNKIT_RESTRICT st, std::int64_t ld_s) noexcept {
+                    std::int64_t nk, float* ATTNKIT_RESTRICT st, std::int64_t ld_s, const prefetch_rows& pf = {}) noexcept {
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
   static_assert(RB >= 1 && W % RB == 0, "RB must divide the vector width");
@@ -78,22 +92,13 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT
     // Past the last key the kernel re-reads the last row; those sums are never stored.
     const KT* kp[KB];
     for (int j = 0; j < KB; ++j) kp[j] = k[t0 + (j < kn ? j : kn - 1)];
+    for (int j = 0; j < KB; ++j) pf.touch(t0 + j);
     B acc[W];
     for (int i = 0; i < W; ++i) acc[i] = B(0.f);
     for (std::int64_t d = 0; d < dp; d += W) {
       B qv[RB], kv[KB];
       for (int r = 0; r < RB; ++r) qv[r] = B::load_aligned(q + r * ld_q + d);
       for (int j = 0; j < KB; ++j) kv[j] = simd::load_widen<Arch>(kp[j] + d);
-#if defined(__GNUC__) && XSIMD_WITH_AVX512F
-      // Keeps the K vectors in registers: g++ otherwise folds each load into every FMA that
-      // uses it (RB loads of the same vector instead of one).
-      if constexpr (std::is_base_of<xsimd::avx512f, Arch>::value)
-        for (int j = 0; j < KB; ++j) {
-          __m512 x = kv[j];
-          asm("" : "+v"(x));
-          kv[j] = x;
-        }
-#endif
       for (int j = 0; j < KB; ++j)
         for (int r = 0; r < RB; ++r) acc[j * RB + r] = xsimd::fma(qv[r], kv[j], acc[j * RB + r]);
     }
@@ -114,7 +119,8 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT
 template <class Arch, int RB, int CV, class VT>
 ATTNKIT_ALWAYS_INLINE void pv_rows_cols(float* ATTNKIT_RESTRICT o, std::int64_t ld_o, const float* ATTNKIT_RESTRICT alpha,
                                         const float* ATTNKIT_RESTRICT p, std::int64_t ld_p,
-                                        const VT* const* v, std::int64_t j0, std::int64_t nk) noexcept {
+                                        const VT* const* v, std::int64_t j0, std::int64_t nk,
+                                        const prefetch_rows& pf) noexcept {
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
   B acc[RB][CV];
@@ -123,6 +129,7 @@ ATTNKIT_ALWAYS_INLINE void pv_rows_cols(float* ATTNKIT_RESTRICT o, std::int64_t 
   for (std::int64_t t = 0; t < nk; ++t) {
     B vv[CV];
     for (int c = 0; c < CV; ++c) vv[c] = simd::load_widen<Arch>(v[t] + j0 + c * W);
+    pf.touch(t);
     for (int r = 0; r < RB; ++r) {
       const B pb(p[t * ld_p + r]);
       for (int c = 0; c < CV; ++c) acc[r][c] = xsimd::fma(pb, vv[c], acc[r][c]);
@@ -201,14 +208,16 @@ inline void online_softmax_rows(float* st, std::int64_t nk, int rp, float* m, fl
 
 template <class Arch, int RB, class VT>
 inline void pv_rows(float* o, std::int64_t ld_o, const float* alpha, const float* p, std::int64_t ld_p,
-                    const VT* const* v, std::int64_t dvp, std::int64_t nk) noexcept {
+                    const VT* const* v, std::int64_t dvp, std::int64_t nk, const prefetch_rows& pf = {}) noexcept {
   constexpr int W = int(simd::vfloat<Arch>::size);
   // Accumulators RB x CV plus CV loads fit the register file (32 zmm, else 16).
   constexpr int regs = W == 16 ? 16 : 8;
   constexpr int CV = regs / RB > 4 ? 4 : regs / RB;
   std::int64_t j = 0;
-  for (; j + CV * W <= dvp; j += CV * W) pv_rows_cols<Arch, RB, CV, VT>(o + j, ld_o, alpha, p, ld_p, v, j, nk);
-  for (; j < dvp; j += W) pv_rows_cols<Arch, RB, 1, VT>(o + j, ld_o, alpha, p, ld_p, v, j, nk);
+  // The first column block issues the prefetches.
+  for (; j + CV * W <= dvp; j += CV * W)
+    pv_rows_cols<Arch, RB, CV, VT>(o + j, ld_o, alpha, p, ld_p, v, j, nk, j == 0 ? pf : prefetch_rows{});
+  for (; j < dvp; j += W) pv_rows_cols<Arch, RB, 1, VT>(o + j, ld_o, alpha, p, ld_p, v, j, nk, j == 0 ? pf : prefetch_rows{});
 }
 
 }  // namespace kernels
