@@ -10,7 +10,8 @@
 // would understate it).
 //
 // Cases: fp32, bf16 and fp16 K/V; paged fp32 caches in vLLM's [pages, page_size, kv_heads,
-// dim] layout with pages of 16 and 128 rows in shuffled order; 4 query tokens (speculative
+// dim] layout (the acceptance) and the head-major [pages, kv_heads, page_size, dim] layout,
+// with pages of 16 and 128 rows in shuffled order; 4 query tokens (speculative
 // decoding); a sliding window of 4096 keys (reads only the window); and what a user would
 // write with Eigen (per KV head: scores = K Q_group^T, softmax, V^T P). The cache buffers
 // ask for 2 MiB pages (big_buffer).
@@ -44,7 +45,7 @@ namespace {
 constexpr std::int64_t hq = 32, hkv = 8, dim = 128, kv_len = 65536;
 constexpr std::int64_t window = 4096;
 
-enum class kind { fp32, bf16, fp16, paged16, paged128, spec4, window, eigen };
+enum class kind { fp32, bf16, fp16, paged16, paged128, paged16_hnd, paged128_hnd, spec4, window, eigen };
 
 struct decode_case {
   std::string name, what;
@@ -246,11 +247,19 @@ void run_case(const decode_case& c, std::vector<float>& out, int threads) {
       break;
     }
     case kind::paged16:
-    case kind::paged128: {
-      const std::int64_t ps = c.k == kind::paged16 ? 16 : 128;
-      const auto& table = c.k == kind::paged16 ? d.table16 : d.table128;
-      const auto kp = attnkit::make_bshd(d.kp.data(), kv_len / ps, ps, hkv, dim);
-      const auto vp = attnkit::make_bshd(d.vp.data(), kv_len / ps, ps, hkv, dim);
+    case kind::paged128:
+    case kind::paged16_hnd:
+    case kind::paged128_hnd: {
+      const bool p16 = c.k == kind::paged16 || c.k == kind::paged16_hnd;
+      const bool hnd = c.k == kind::paged16_hnd || c.k == kind::paged128_hnd;
+      const std::int64_t ps = p16 ? 16 : 128;
+      const auto& table = p16 ? d.table16 : d.table128;
+      // vLLM's [pages, page_size, kv_heads, dim] (a head's rows 4 KiB apart), or the
+      // head-major [pages, kv_heads, page_size, dim] (a head's rows of a page contiguous).
+      const auto kp = hnd ? attnkit::make_bhsd(d.kp.data(), kv_len / ps, hkv, ps, dim)
+                          : attnkit::make_bshd(d.kp.data(), kv_len / ps, ps, hkv, dim);
+      const auto vp = hnd ? attnkit::make_bhsd(d.vp.data(), kv_len / ps, hkv, ps, dim)
+                          : attnkit::make_bshd(d.vp.data(), kv_len / ps, ps, hkv, dim);
       attnkit::attention_paged(q, kp, vp, attnkit::page_table_view{table.data(), 1, kv_len / ps, 0},
                                attnkit::int32_span{&d.len, 1}, o, attnkit::causal{}, opt);
       break;
@@ -262,7 +271,8 @@ void run_case(const decode_case& c, std::vector<float>& out, int threads) {
 /// Max |out - reference| over all query heads (decode output is small: the reference over
 /// 65536 keys costs about a second per case, once).
 double error_of(const decode_case& c, const std::vector<float>& out) {
-  if (c.k == kind::paged128) return -1;  // its pool holds page-16 order: not the same keys
+  // Only the page-16 vLLM-layout pool holds the cache's keys in table order.
+  if (c.k == kind::paged128 || c.k == kind::paged16_hnd || c.k == kind::paged128_hnd) return -1;
   const cache_data& d = data();
   const view q(d.q.data(), {{1, hq, c.q_len, dim}}, {{hq * 16 * dim, 16 * dim, dim, 1}});
   namespace ref = attnkit::reference;
@@ -328,6 +338,10 @@ const std::map<std::string, decode_case>& cases() {
     add("BM_decode/fp16", "attention, Lq 1, fp16 K/V", kind::fp16, 1, f32 / 2);
     add("BM_decode/paged16", "attention_paged, Lq 1, fp32, pages of 16 (shuffled)", kind::paged16, 1, f32);
     add("BM_decode/paged128", "attention_paged, Lq 1, fp32, pages of 128 (shuffled)", kind::paged128, 1, f32);
+    add("BM_decode/paged16_hnd", "attention_paged, Lq 1, fp32, pages of 16 (shuffled), [pages, kv_heads, 16, dim]",
+        kind::paged16_hnd, 1, f32);
+    add("BM_decode/paged128_hnd", "attention_paged, Lq 1, fp32, pages of 128 (shuffled), [pages, kv_heads, 128, dim]",
+        kind::paged128_hnd, 1, f32);
     add("BM_decode/spec4", "attention, Lq 4 (speculative), fp32", kind::spec4, 4, f32);
     add("BM_decode/window4096", "attention, Lq 1, sliding_window{4096}, fp32", kind::window, 1,
         f32 * double(window) / double(kv_len));
@@ -396,7 +410,7 @@ void define_suite(const config& cfg, suite& su) {
   const double min_time = cfg.quick ? 0.05 : 0.3;
   su.add("BM_stream/sum", bm_stream, cfg.threads)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(min_time);
   for (const char* name : {"BM_decode/fp32", "BM_decode/bf16", "BM_decode/fp16", "BM_decode/paged16",
-                           "BM_decode/paged128", "BM_decode/spec4", "BM_decode/window4096", "BM_eigen/decode"})
+                           "BM_decode/paged128", "BM_decode/paged16_hnd", "BM_decode/paged128_hnd", "BM_decode/spec4", "BM_decode/window4096", "BM_eigen/decode"})
     su.add(name, bm_case, *case_of(name), cfg.threads)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(min_time);
 }
 
