@@ -616,7 +616,7 @@ TEST_CASE("latent errors: bad MLA shapes and options raise attnkit::error naming
   float* p = buf.data();
   const index_t B = 1, H = 4, Lq = 2, Lk = 10, r = 16, dr = 4;
   auto qv = [&](index_t h, index_t d, index_t off = 0) { return make_bhsd(p + off, B, h, Lq, d); };
-  std::vector<float> cache(std::size_t(4 * Lk * (r + dr)), 0.f);
+  std::vector<float> cache(4096, 0.f);  // c_kv views at 0, k_rope views at kr_off
   auto cv = [&](index_t b, index_t h, index_t d, index_t off) { return make_bhsd(cache.data() + off, b, h, Lk, d); };
   std::vector<float> outb(std::size_t(4 * H * Lq * r), 0.f);
   auto ov = [&](index_t h, index_t d) { return make_bhsd(outb.data(), B, h, Lq, d); };
