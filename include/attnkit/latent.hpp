@@ -243,27 +243,9 @@ void mla_attention_paged(const tensor_view<TQ>& q_lat, const tensor_view<TQR>& q
     fail(fn, message() << "'c_pages' " << c_pages.extents() << " and 'rope_pages' " << rope_pages.extents()
                        << " must have the same pages and page size");
   if (page_size < 1 && num_pages > 0) fail(fn, message() << "page size (axis 2 of 'c_pages') must be >= 1");
-  if (seq_lens.size != batch || (batch > 0 && seq_lens.data == nullptr))
-    fail(fn, message() << "argument 'seq_lens' must hold one length per sequence: batch of 'q_lat' is " << batch
-                       << ", got " << seq_lens.size);
+  const index_t longest =
+      detail::check_pages(fn, "q_lat", "c_pages", batch, num_pages, page_size, page_table, seq_lens);
   const index_t pt_stride = page_table.stride > 0 ? page_table.stride : page_table.cols;
-  if (page_table.rows != batch || page_table.cols < 0 || (batch > 0 && page_table.cols > 0 && !page_table.data))
-    fail(fn, message() << "argument 'page_table' must have one row per sequence: batch of 'q_lat' is " << batch
-                       << ", page_table is " << page_table.rows << " x " << page_table.cols);
-  index_t longest = 0;
-  for (index_t b = 0; b < batch; ++b) {
-    const index_t len = seq_lens.data[b];
-    if (len < 0 || len > page_table.cols * page_size)
-      fail(fn, message() << "seq_lens[" << b << "] = " << len << " does not fit " << page_table.cols
-                         << " pages of " << page_size << " keys");
-    for (index_t j = 0; j < (len + page_size - 1) / page_size; ++j) {
-      const std::int32_t id = page_table.data[b * pt_stride + j];
-      if (id < 0 || id >= num_pages)
-        fail(fn, message() << "page_table[" << b << "][" << j << "] = " << id << " is not a page of 'c_pages' (0.."
-                           << num_pages - 1 << ")");
-    }
-    longest = len > longest ? len : longest;
-  }
   // Stand-ins for the longest sequence carry the shapes through mla_args; the pools' own
   // aliasing is checked here.
   const tensor_view<TC> c_like(c_pages.data_handle(), {{batch, c_pages.heads(), longest, c_pages.dim()}},

@@ -26,6 +26,40 @@ struct page_table_view {
 };
 
 inline namespace ATTNKIT_ISA_NS {
+namespace detail {
+
+/// Checks a page table and the sequence lengths against a pool of `num_pages` pages of
+/// `page_size` rows, for `batch` sequences (the batch of argument `q_name`); every page id a
+/// sequence uses must be a page of `pool_name`. Returns the longest sequence.
+inline index_t check_pages(const char* fn, const char* q_name, const char* pool_name, index_t batch, index_t num_pages,
+                           index_t page_size, const page_table_view& page_table, const int32_span& seq_lens) {
+  if (seq_lens.size != batch || (batch > 0 && seq_lens.data == nullptr))
+    fail(fn, message() << "argument 'seq_lens' must hold one length per sequence: batch of '" << q_name << "' is "
+                       << batch << ", got " << seq_lens.size);
+  const index_t pt_stride = page_table.stride > 0 ? page_table.stride : page_table.cols;
+  if (page_table.rows != batch || page_table.cols < 0 || (batch > 0 && page_table.cols > 0 && !page_table.data))
+    fail(fn, message() << "argument 'page_table' must have one row per sequence: batch of '" << q_name << "' is "
+                       << batch << ", page_table is " << page_table.rows << " x " << page_table.cols);
+  index_t longest = 0;
+  for (index_t b = 0; b < batch; ++b) {
+    const index_t len = seq_lens.data[b];
+    if (len < 0 || len > page_table.cols * page_size)
+      fail(fn, message() << "seq_lens[" << b << "] = " << len << " does not fit " << page_table.cols
+                         << " pages of " << page_size << " keys");
+    const index_t used = page_size > 0 ? (len + page_size - 1) / page_size : 0;  // page size 0: no pages, len 0
+    for (index_t j = 0; j < used; ++j) {
+      const std::int32_t id = page_table.data[b * pt_stride + j];
+      if (id < 0 || id >= num_pages)
+        fail(fn, message() << "page_table[" << b << "][" << j << "] = " << id << " is not a page of '" << pool_name
+                           << "' (0.." << num_pages - 1 << ")");
+    }
+    longest = len > longest ? len : longest;
+  }
+  return longest;
+}
+
+}  // namespace detail
+
 
 /// Attention against a paged KV cache (vLLM-style), with a ragged batch.
 ///
@@ -67,28 +101,8 @@ void attention_paged(const tensor_view<TQ>& q, const tensor_view<TK>& k_pages, c
                        << k_pages.extents());
   if (k_pages.dim() != q.dim())
     fail(fn, message() << "dim of 'k_pages' " << k_pages.extents() << " must equal dim of 'q' " << q.extents());
-  if (seq_lens.size != batch || (batch > 0 && seq_lens.data == nullptr))
-    fail(fn, message() << "argument 'seq_lens' must hold one length per sequence: batch of 'q' is " << batch
-                       << ", got " << seq_lens.size);
+  const index_t longest = detail::check_pages(fn, "q", "k_pages", batch, num_pages, page_size, page_table, seq_lens);
   const index_t pt_stride = page_table.stride > 0 ? page_table.stride : page_table.cols;
-  if (page_table.rows != batch || page_table.cols < 0 || (batch > 0 && page_table.cols > 0 && !page_table.data))
-    fail(fn, message() << "argument 'page_table' must have one row per sequence: batch of 'q' is " << batch
-                       << ", page_table is " << page_table.rows << " x " << page_table.cols);
-  index_t longest = 0;
-  for (index_t b = 0; b < batch; ++b) {
-    const index_t len = seq_lens.data[b];
-    if (len < 0 || len > page_table.cols * page_size)
-      fail(fn, message() << "seq_lens[" << b << "] = " << len << " does not fit " << page_table.cols
-                         << " pages of " << page_size << " keys");
-    const index_t used = page_size > 0 ? (len + page_size - 1) / page_size : 0;  // page size 0: no pages, len 0
-    for (index_t j = 0; j < used; ++j) {
-      const std::int32_t id = page_table.data[b * pt_stride + j];
-      if (id < 0 || id >= num_pages)
-        fail(fn, message() << "page_table[" << b << "][" << j << "] = " << id << " is not a page of 'k_pages' (0.."
-                           << num_pages - 1 << ")");
-    }
-    longest = len > longest ? len : longest;
-  }
   // Validate q, out, lse, options and the mask on a stand-in for the longest sequence: the
   // pools' own shapes are not [batch, kv_heads, seq, dim].
   const tensor_view<TK> k_like(k_pages.data_handle(), {{batch, k_pages.heads(), longest, k_pages.dim()}},
