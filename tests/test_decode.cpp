@@ -164,11 +164,6 @@ sparse_run run_decode(const sparse_case& c, kv_type t, const M& mask) {
   return r;
 }
 
-bool same_lse(const sparse_run& a, const sparse_run& b) {
-  return a.lse.buf.size() == b.lse.buf.size() &&
-         std::memcmp(a.lse.buf.data(), b.lse.buf.data(), a.lse.buf.size() * sizeof(float)) == 0;
-}
-
 }  // namespace
 
 // ------------------------------------------------------------------------------------------

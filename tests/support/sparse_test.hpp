@@ -142,6 +142,12 @@ struct sparse_run : dense_run {
   tensor_view<float> lse_view(const dense_case& c) const { return c.lse ? lse.view : tensor_view<float>{}; }
 };
 
+/// Bitwise equality of two runs' lse buffers (gaps and guards included).
+inline bool same_lse(const sparse_run& a, const sparse_run& b) {
+  return a.lse.buf.size() == b.lse.buf.size() &&
+         std::memcmp(a.lse.buf.data(), b.lse.buf.data(), a.lse.buf.size() * sizeof(float)) == 0;
+}
+
 inline void quantise(tensor& t, float step) {
   if (step == 0.f) return;
   t.for_each([&](index_t b, index_t h, index_t s, index_t d) {
