@@ -40,11 +40,7 @@ struct problem {
   attnkit::page_table_view pt() const { return {table.data(), 2, 3, 3}; }
   attnkit::int32_span sl() const { return {lens.data(), 2}; }
   bool outputs_untouched() const {
-    for (float x : ob)
-      if (x != kUntouched) return false;
-    for (float x : lb)
-      if (x != kUntouched) return false;
-    return true;
+    return attnkit_test::holds_only(ob, kUntouched) && attnkit_test::holds_only(lb, kUntouched);
   }
 };
 
@@ -159,11 +155,7 @@ TEST_CASE("decode errors: merge_partials with n < 1 or mismatched shapes", "[err
   const auto out = attnkit::make_bhsd(ob.data(), B, H, S, D);
   const auto lse = attnkit::make_bhsd(lb.data(), B, H, S, 1);
   auto untouched = [&] {
-    for (float x : ob)
-      if (x != kUntouched) return false;
-    for (float x : lb)
-      if (x != kUntouched) return false;
-    return true;
+    return attnkit_test::holds_only(ob, kUntouched) && attnkit_test::holds_only(lb, kUntouched);
   };
   CHECK_NOTHROW(attnkit::merge_partials(outs, lses, 2, out, lse));
   std::fill(ob.begin(), ob.end(), kUntouched);

@@ -43,11 +43,7 @@ struct problem {
     return attnkit::make_bhsd(buf.data(), s[0], s[1], s[2], s[3]);
   }
   bool outputs_untouched() const {
-    for (float x : ob)
-      if (x != kUntouched) return false;
-    for (float x : lb)
-      if (x != kUntouched) return false;
-    return true;
+    return attnkit_test::holds_only(ob, kUntouched) && attnkit_test::holds_only(lb, kUntouched);
   }
 };
 

@@ -33,11 +33,7 @@ struct problem {
     return attnkit::make_bhsd(buf.data(), b, h, s, d);
   }
   bool outputs_untouched() const {
-    for (float x : ob)
-      if (x != kUntouched) return false;
-    for (float x : lb)
-      if (x != kUntouched) return false;
-    return true;
+    return attnkit_test::holds_only(ob, kUntouched) && attnkit_test::holds_only(lb, kUntouched);
   }
 };
 

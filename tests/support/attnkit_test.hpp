@@ -577,6 +577,12 @@ inline attnkit::reference::result run_reference(const dense_case& c, const dense
   return attnkit::reference::attention(r.q.cview(), r.k.cview(), r.v.cview(), attnkit::no_mask{}, r.opts);
 }
 
+/// True if every element of `buf` is still `x`: error paths must throw before writing any
+/// output.
+inline bool holds_only(const std::vector<float>& buf, float x) {
+  return std::all_of(buf.begin(), buf.end(), [x](float e) { return e == x; });
+}
+
 /// The message of the attnkit::error that f throws; fails the test if f throws nothing or
 /// another exception.
 inline std::string message_of(const std::function<void()>& f) {
