@@ -36,6 +36,7 @@
 
 #include <attnkit/attnkit.hpp>
 
+#include "bench_ceilings.hpp"
 #include "bench_common.hpp"
 #include "bench_report.hpp"
 
@@ -152,25 +153,6 @@ const cache_data& data() {
     return c;
   }();
   return *d;
-}
-
-/// Streaming sum of x[0, n) on `threads` threads: 8 vector accumulators each.
-float stream_sum(const float* x, std::int64_t n, int threads) {
-  using B = xsimd::batch<float>;
-  constexpr std::int64_t W = B::size, U = 8;
-  float total = 0.f;
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-  {
-    B acc[U];
-    for (auto& a : acc) a = B(0.f);
-#pragma omp for schedule(static)
-    for (std::int64_t i = 0; i < n / (W * U); ++i)
-      for (std::int64_t u = 0; u < U; ++u) acc[u] += B::load_aligned(x + (i * U + u) * W);
-    B s = acc[0];
-    for (std::int64_t u = 1; u < U; ++u) s += acc[u];
-    total += xsimd::hadd(s);
-  }
-  return total;
 }
 
 void bm_stream(benchmark::State& state, int threads) {
@@ -366,10 +348,7 @@ void describe_summary(suite& su, const config& cfg) {
       " read (fp32 4 bytes, bf16/fp16 2; the window case only the window) per second. BM_stream/sum: vectorised sum"
       " over the same fp32 K and V buffers, same threads: the machine's read bandwidth. max err: max |output - double"
       " reference| over every query row (bf16/fp16 against the reference on the same rounded values).";
-  su.columns.push_back({"GB/s", [](const std::string&, const entry& e, const results&) {
-                          const double g = e.counter("GBps");
-                          return g > 0 ? fmt("%.1f", g) : std::string("-");
-                        }});
+  su.columns.push_back(gbps_column());
   su.columns.push_back({"x stream GB/s", [](const std::string&, const entry& e, const results& r) {
                           const entry* s = r.ok("BM_stream/sum");
                           const double g = e.counter("GBps"), base = s ? s->counter("GBps") : 0.0;

@@ -27,6 +27,7 @@
 
 #include <attnkit/attnkit.hpp>
 
+#include "bench_ceilings.hpp"
 #include "bench_common.hpp"
 #include "bench_report.hpp"
 
@@ -37,11 +38,6 @@ using row_mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowM
 using cmap = Eigen::Map<const row_mat>;
 using map = Eigen::Map<row_mat>;
 
-void set_flops_counter(benchmark::State& state, double flops_per_iter) {
-  state.counters["GFLOPS"] =
-      benchmark::Counter(flops_per_iter / 1e9 * double(state.iterations()), benchmark::Counter::kIsRate);
-}
-
 void set_shape_counters(benchmark::State& state, const shape& s) {
   state.counters["allowed_pairs"] = allowed_pairs(s) * double(s.q_heads * s.batch);
   state.SetLabel(s.mask == mask_kind::causal ? "causal" : "no mask");
@@ -50,14 +46,7 @@ void set_shape_counters(benchmark::State& state, const shape& s) {
 // ---------------------------------------------------------------------------------------
 // Ceiling: C = A * B, 2048^3 fp32, Eigen's own OpenMP parallel GEMM.
 void bm_gemm_eigen(benchmark::State& state, int n, int threads) {
-  Eigen::setNbThreads(threads);
-  Eigen::MatrixXf a = Eigen::MatrixXf::Random(n, n), b = Eigen::MatrixXf::Random(n, n);
-  Eigen::MatrixXf c = Eigen::MatrixXf::Zero(n, n);
-  for (auto _ : state) {
-    c.noalias() = a * b;
-    benchmark::DoNotOptimize(c.data());
-    benchmark::ClobberMemory();
-  }
+  time_gemm_eigen(state, n, threads);
   state.counters["threads"] = double(Eigen::nbThreads());
   set_flops_counter(state, 2.0 * double(n) * double(n) * double(n));
 }

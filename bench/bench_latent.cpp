@@ -35,6 +35,7 @@
 #include <attnkit/attnkit.hpp>
 #include <attnkit/latent_eigen.hpp>
 
+#include "bench_ceilings.hpp"
 #include "bench_common.hpp"
 #include "bench_report.hpp"
 
@@ -122,23 +123,9 @@ void bm_stream(benchmark::State& state, int threads) {
     buf.resize(std::size_t(n));
     fill_fast(buf.data(), buf.size(), 10);
   }
-  using B = xsimd::batch<float>;
-  constexpr std::int64_t W = B::size, U = 8;
   float sink = 0.f;
   for (auto _ : state) {
-    float total = 0.f;
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-    {
-      B acc[U];
-      for (auto& a : acc) a = B(0.f);
-#pragma omp for schedule(static)
-      for (std::int64_t i = 0; i < n / (W * U); ++i)
-        for (std::int64_t u = 0; u < U; ++u) acc[u] += B::load_aligned(buf.data() + (i * U + u) * W);
-      B s = acc[0];
-      for (std::int64_t u = 1; u < U; ++u) s += acc[u];
-      total += xsimd::hadd(s);
-    }
-    sink += total;
+    sink += stream_sum(buf.data(), n, threads);
     benchmark::DoNotOptimize(sink);
   }
   set_rate(state, "GBps", double(n) * 4.0 / 1e9);
@@ -149,13 +136,7 @@ void bm_stream(benchmark::State& state, int threads) {
 /// threading] in bench_dense.cpp).
 void bm_gemm(benchmark::State& state, int threads) {
   constexpr int n = 2048;
-  Eigen::setNbThreads(threads);
-  Eigen::MatrixXf a = Eigen::MatrixXf::Random(n, n), b = Eigen::MatrixXf::Random(n, n), c(n, n);
-  for (auto _ : state) {
-    c.noalias() = a * b;
-    benchmark::DoNotOptimize(c.data());
-    benchmark::ClobberMemory();
-  }
+  time_gemm_eigen(state, n, threads);
   Eigen::setNbThreads(1);
   set_rate(state, "GFLOPS", 2.0 * n * double(n) * n / 1e9);
 }
@@ -300,10 +281,7 @@ void describe_summary(suite& su, const config& cfg) {
       " key) for absorbed decode, the projections included for the full paths. BM_stream/sum: vectorised sum over a"
       " buffer of the cache size, BM_gemm/eigen2048: Eigen sgemm 2048^3, same threads, same run. Routing: 8 heads,"
       " head_dim 64, N 16384, M 64. max err: max |out_lat - double reference| (absorbed decode).";
-  su.columns.push_back({"GB/s", [](const std::string&, const entry& e, const results&) {
-                          const double g = e.counter("GBps");
-                          return g > 0 ? fmt("%.1f", g) : std::string("-");
-                        }});
+  su.columns.push_back(gbps_column());
   su.columns.push_back({"x stream", [](const std::string& name, const entry& e, const results& r) {
                           const entry* s = r.ok("BM_stream/sum");
                           const double g = e.counter("GBps"), base = s ? s->counter("GBps") : 0.0;

@@ -26,6 +26,7 @@
 
 #include <attnkit/attnkit.hpp>
 
+#include "bench_ceilings.hpp"
 #include "bench_common.hpp"
 #include "bench_report.hpp"
 
@@ -34,11 +35,6 @@ namespace {
 
 constexpr std::int64_t heads = 8, head_dim = 64;
 constexpr std::int64_t step_batch = 64;  // decode steps per timed iteration
-
-void set_flops_counter(benchmark::State& state, double flops_per_iter) {
-  state.counters["GFLOPS"] =
-      benchmark::Counter(flops_per_iter / 1e9 * double(state.iterations()), benchmark::Counter::kIsRate);
-}
 
 /// FLOPs of one chunked causal call (file comment).
 double linear_flops(std::int64_t seq, std::int64_t chunk) {
@@ -74,14 +70,7 @@ double linear_error(std::int64_t seq, const inputs& in, const std::vector<float>
 
 // ---------------------------------------------------------------------------------------
 void bm_gemm_eigen(benchmark::State& state, int n, int threads) {
-  Eigen::setNbThreads(threads);
-  Eigen::MatrixXf a = Eigen::MatrixXf::Random(n, n), b = Eigen::MatrixXf::Random(n, n);
-  Eigen::MatrixXf c = Eigen::MatrixXf::Zero(n, n);
-  for (auto _ : state) {
-    c.noalias() = a * b;
-    benchmark::DoNotOptimize(c.data());
-    benchmark::ClobberMemory();
-  }
+  time_gemm_eigen(state, n, threads);
   set_flops_counter(state, 2.0 * double(n) * double(n) * double(n));
 }
 

@@ -124,6 +124,14 @@ struct column {
   std::function<std::string(const std::string& name, const entry& e, const results& r)> cell;
 };
 
+/// "GB/s": the benchmark's "GBps" counter, "-" where it has none.
+inline column gbps_column() {
+  return {"GB/s", [](const std::string&, const entry& e, const results&) {
+            const double g = e.counter("GBps");
+            return g > 0 ? fmt("%.1f", g) : std::string("-");
+          }};
+}
+
 /// What one executable runs and how its summary reads (filled by define_suite).
 struct suite {
   std::string program = "attnkit_bench";   // name in messages
