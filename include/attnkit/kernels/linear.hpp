@@ -39,6 +39,7 @@
 #include "../simd/simd.hpp"
 #include "dense.hpp"  // run_units: the one threading machinery
 #include "linear_micro.hpp"
+#include "micro.hpp"  // dot
 
 namespace attnkit {
 inline namespace ATTNKIT_ISA_NS {
@@ -297,7 +298,7 @@ struct linear_runner {
         }
         for (std::int64_t r = 0; r < n; ++r) {
           const float den =
-              a.normalize ? s.pw[r + 1] * kernels::dot_row<Arch>(s.fq + r * p.dpp, s.z, p.dp) + s.rs[r] : 0.f;
+              a.normalize ? s.pw[r + 1] * kernels::dot<Arch>(s.fq + r * p.dpp, s.z, p.dp) + s.rs[r] : 0.f;
           emit(b, h, c0 + r, s.O + r * p.dvp, den);
         }
       }
@@ -335,7 +336,7 @@ struct linear_runner {
         load_queries(b, h, c0, n, s);
         kernels::gemm<Arch>(n, p.dvp, p.dp, s.fq, p.dpp, s.S, p.dvp, s.O, p.dvp, nullptr);
         for (std::int64_t r = 0; r < n; ++r) {
-          const float den = a.normalize ? kernels::dot_row<Arch>(s.fq + r * p.dpp, s.z, p.dp) : 0.f;
+          const float den = a.normalize ? kernels::dot<Arch>(s.fq + r * p.dpp, s.z, p.dp) : 0.f;
           emit(b, h, c0 + r, s.O + r * p.dvp, den);
         }
       }
@@ -355,7 +356,7 @@ struct linear_runner {
         load_queries(b, h, c0, n, s);
         kernels::gemm<Arch>(n, p.dvp, p.dp, s.fq, p.dpp, s.S, p.dvp, s.O, p.dvp, nullptr);
         for (std::int64_t r = 0; r < n; ++r) {
-          const float sc = kernels::dot_row<Arch>(s.fq + r * p.dpp, s.z, p.dp);
+          const float sc = kernels::dot<Arch>(s.fq + r * p.dpp, s.z, p.dp);
           const float beta = 1.f + 1.f / linear_guard(sc, a.eps), gamma = sc * inv_n;
           kernels::axpby_row<Arch>(beta, s.O + r * p.dvp, gamma, s.vs, orow(b, h, c0 + r), a.v_dim);
         }

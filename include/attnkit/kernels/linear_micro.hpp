@@ -160,20 +160,6 @@ ATTNKIT_ALWAYS_INLINE void axpby_row(float alpha, const float* ATTNKIT_RESTRICT 
   for (; i < n; ++i) y[i] = alpha * x[i] - gamma * w[i];
 }
 
-/// x[0:n) . y[0:n), any alignment (scalar tail).
-template <class Arch>
-ATTNKIT_ALWAYS_INLINE float dot_row(const float* ATTNKIT_RESTRICT x, const float* ATTNKIT_RESTRICT y,
-                                    std::int64_t n) noexcept {
-  using B = simd::vfloat<Arch>;
-  constexpr std::int64_t W = B::size;
-  B acc(0.f);
-  std::int64_t i = 0;
-  for (; i + W <= n; i += W) acc = xsimd::fma(B::load_unaligned(x + i), B::load_unaligned(y + i), acc);
-  float s = xsimd::hadd(acc);
-  for (; i < n; ++i) s += x[i] * y[i];
-  return s;
-}
-
 /// y[0:n) += x[0:n) (x any row, y aligned); scalar tail.
 template <class Arch>
 ATTNKIT_ALWAYS_INLINE void add_row(const float* ATTNKIT_RESTRICT x, float* ATTNKIT_RESTRICT y,
