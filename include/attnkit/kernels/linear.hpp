@@ -325,21 +325,28 @@ struct linear_runner {
     }
   }
 
-  void run_noncausal(std::int64_t b, std::int64_t kvh, std::int64_t h0, std::int64_t h1, const bufs& s,
-                     bool owner) const noexcept {
-    state_in(b, kvh, s);
-    absorb_all(b, kvh, s, false);
-    if (owner) state_out(b, kvh, s);
+  /// For each query head of the unit and each chunk of its rows: fq = phi(Q), O = phi(Q) S
+  /// from the absorbed state, then row(h, i, r) for query row i (chunk-local row r of fq, O).
+  template <class Row>
+  void read_state(std::int64_t b, std::int64_t h0, std::int64_t h1, const bufs& s, Row&& row) const noexcept {
     for (std::int64_t h = h0; h < h1; ++h)
       for (std::int64_t c0 = 0; c0 < a.q_len; c0 += p.C) {
         const std::int64_t n = a.q_len - c0 < p.C ? a.q_len - c0 : p.C;
         load_queries(b, h, c0, n, s);
         kernels::gemm<Arch>(n, p.dvp, p.dp, s.fq, p.dpp, s.S, p.dvp, s.O, p.dvp, nullptr);
-        for (std::int64_t r = 0; r < n; ++r) {
-          const float den = a.normalize ? kernels::dot<Arch>(s.fq + r * p.dpp, s.z, p.dp) : 0.f;
-          emit(b, h, c0 + r, s.O + r * p.dvp, den);
-        }
+        for (std::int64_t r = 0; r < n; ++r) row(h, c0 + r, r);
       }
+  }
+
+  void run_noncausal(std::int64_t b, std::int64_t kvh, std::int64_t h0, std::int64_t h1, const bufs& s,
+                     bool owner) const noexcept {
+    state_in(b, kvh, s);
+    absorb_all(b, kvh, s, false);
+    if (owner) state_out(b, kvh, s);
+    read_state(b, h0, h1, s, [&](std::int64_t h, std::int64_t i, std::int64_t r) {
+      const float den = a.normalize ? kernels::dot<Arch>(s.fq + r * p.dpp, s.z, p.dp) : 0.f;
+      emit(b, h, i, s.O + r * p.dvp, den);
+    });
   }
 
   // ---- MALA (non-causal) ---------------------------------------------------------------
@@ -350,17 +357,11 @@ struct linear_runner {
     state_in(b, kvh, s);  // no state in MALA: zeros
     absorb_all(b, kvh, s, true);
     const float inv_n = a.kv_len > 0 ? float(1.0 / double(a.kv_len)) : 0.f;
-    for (std::int64_t h = h0; h < h1; ++h)
-      for (std::int64_t c0 = 0; c0 < a.q_len; c0 += p.C) {
-        const std::int64_t n = a.q_len - c0 < p.C ? a.q_len - c0 : p.C;
-        load_queries(b, h, c0, n, s);
-        kernels::gemm<Arch>(n, p.dvp, p.dp, s.fq, p.dpp, s.S, p.dvp, s.O, p.dvp, nullptr);
-        for (std::int64_t r = 0; r < n; ++r) {
-          const float sc = kernels::dot<Arch>(s.fq + r * p.dpp, s.z, p.dp);
-          const float beta = 1.f + 1.f / linear_guard(sc, a.eps), gamma = sc * inv_n;
-          kernels::axpby_row<Arch>(beta, s.O + r * p.dvp, gamma, s.vs, orow(b, h, c0 + r), a.v_dim);
-        }
-      }
+    read_state(b, h0, h1, s, [&](std::int64_t h, std::int64_t i, std::int64_t r) {
+      const float sc = kernels::dot<Arch>(s.fq + r * p.dpp, s.z, p.dp);
+      const float beta = 1.f + 1.f / linear_guard(sc, a.eps), gamma = sc * inv_n;
+      kernels::axpby_row<Arch>(beta, s.O + r * p.dvp, gamma, s.vs, orow(b, h, i), a.v_dim);
+    });
   }
 
   // ---- efficient attention (Shen et al.) -----------------------------------------------
