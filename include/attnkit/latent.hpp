@@ -139,18 +139,7 @@ dense_args mla_args(const char* fn, const tensor_view<TQ>& q_lat, const tensor_v
     }
   }
   const float scale = mla_scale(fn, options, dr);
-  if (!(options.softcap >= 0.f) || !std::isfinite(options.softcap))
-    fail(fn, message() << "options.softcap must be >= 0 and finite (0 = off), got " << double(options.softcap));
-  if (options.num_threads < 0)
-    fail(fn, message() << "options.num_threads must be >= 0 (0 = all), got " << options.num_threads);
-  if (options.sink_logits.data != nullptr || options.sink_logits.size != 0) {
-    if (options.sink_logits.size != H || options.sink_logits.data == nullptr)
-      fail(fn, message() << "options.sink_logits must hold one logit per query head: expected " << H << ", got "
-                         << options.sink_logits.size << (options.sink_logits.data ? "" : " with null data"));
-    for (index_t h = 0; h < H; ++h)
-      if (!std::isfinite(options.sink_logits.data[h]))
-        fail(fn, message() << "options.sink_logits[" << h << "] is not finite");
-  }
+  check_softmax_options(fn, options.softcap, options.num_threads, options.sink_logits, H);
   const index_t Lk = c.seq();
   check_mask(fn, mask, mask_problem{B, H, 1, Lq, Lk});
 

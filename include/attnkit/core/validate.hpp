@@ -92,6 +92,22 @@ void check_no_alias(const char* fn, const char* out_name, const tensor_view<T>& 
                        << in.extents() << " in memory; outputs must not alias inputs");
 }
 
+/// The options of the softmax families other than the scale (whose default differs between
+/// attention_options and mla_options): softcap, thread count, one sink logit per query head.
+inline void check_softmax_options(const char* fn, float softcap, int num_threads, const float_span& sinks,
+                                  index_t q_heads) {
+  if (!(softcap >= 0.f) || !std::isfinite(softcap))
+    fail(fn, message() << "options.softcap must be >= 0 and finite (0 = off), got " << double(softcap));
+  if (num_threads < 0) fail(fn, message() << "options.num_threads must be >= 0 (0 = all), got " << num_threads);
+  if (sinks.data != nullptr || sinks.size != 0) {
+    if (sinks.size != q_heads || sinks.data == nullptr)
+      fail(fn, message() << "options.sink_logits must hold one logit per query head: expected " << q_heads
+                         << ", got " << sinks.size << (sinks.data ? "" : " with null data"));
+    for (index_t h = 0; h < q_heads; ++h)
+      if (!std::isfinite(sinks.data[h])) fail(fn, message() << "options.sink_logits[" << h << "] is not finite");
+  }
+}
+
 /// Sizes of a dense attention problem after validation.
 struct dense_problem {
   index_t batch, q_heads, kv_heads, q_len, kv_len, qk_dim, v_dim;
@@ -120,18 +136,7 @@ dense_problem check_dense(const char* fn, const tensor_view<TQ>& q, const tensor
   if (k.dim() != q.dim()) fail(fn, shapes("dim of 'k' must equal dim of 'q'"));
   if (q.dim() < 1 || v.dim() < 1) fail(fn, shapes("dims of 'q' and 'v' must be at least 1"));
   if (!std::isfinite(opt.scale)) fail(fn, message() << "options.scale must be finite, got " << double(opt.scale));
-  if (!(opt.softcap >= 0.f) || !std::isfinite(opt.softcap))
-    fail(fn, message() << "options.softcap must be >= 0 and finite (0 = off), got " << double(opt.softcap));
-  if (opt.num_threads < 0)
-    fail(fn, message() << "options.num_threads must be >= 0 (0 = all), got " << opt.num_threads);
-  if (opt.sink_logits.data != nullptr || opt.sink_logits.size != 0) {
-    if (opt.sink_logits.size != q.heads() || opt.sink_logits.data == nullptr)
-      fail(fn, message() << "options.sink_logits must hold one logit per query head: expected " << q.heads()
-                         << ", got " << opt.sink_logits.size << (opt.sink_logits.data ? "" : " with null data"));
-    for (index_t h = 0; h < q.heads(); ++h)
-      if (!std::isfinite(opt.sink_logits.data[h]))
-        fail(fn, message() << "options.sink_logits[" << h << "] is not finite");
-  }
+  check_softmax_options(fn, opt.softcap, opt.num_threads, opt.sink_logits, q.heads());
   if (out) {
     check_view(fn, "out", *out);
     check_shape(fn, "out", *out, {{q.batch(), q.heads(), q.seq(), v.dim()}}, "batch, heads and seq of q, dim of v");
