@@ -56,19 +56,12 @@ namespace detail {
 #define ATTNKIT_DISPATCH(NAME, ARGS, MASK) ::attnkit::ATTNKIT_ISA_NS::detail::NAME<xsimd::default_arch>(ARGS, MASK)
 #endif
 
-/// Validates a flash-style call (views, mask, options) and flattens it into dense_args.
-template <class TQ, class TK, class TV, class Mask>
-dense_args flash_args(const char* fn, const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
-                      const tensor_view<float>& out, const Mask& mask, const attention_options& options,
-                      const tensor_view<float>& lse) {
-  using K = std::remove_cv_t<TK>;
-  static_assert(std::is_same<std::remove_cv_t<TQ>, float>::value, "attnkit: q must be a float view");
-  static_assert(std::is_same<K, std::remove_cv_t<TV>>::value, "attnkit: k and v must have the same storage type");
-  static_assert(std::is_same<K, float>::value || std::is_same<K, bf16>::value || std::is_same<K, fp16>::value,
-                "attnkit: k and v must be float, attnkit::bf16 or attnkit::fp16 views");
-  static_assert(is_mask<Mask>::value, "attnkit: argument 'mask' must be a mask (see mask/masks.hpp)");
-  const auto p = check_dense(fn, q, k, v, &out, lse, options);
-  check_mask(fn, mask, mask_problem{p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len});
+/// Flattens validated views into dense_args: pointers and strides of q, k, v, out and lse
+/// (when it has elements), the sizes and scale of `p`, and the options the kernels read.
+template <class TQ, class TK, class TV>
+dense_args dense_args_of(const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+                         const tensor_view<float>& out, const tensor_view<float>& lse, const dense_problem& p,
+                         const attention_options& options) {
   dense_args a;
   a.q = q.data_handle();
   a.q_sb = q.stride(0), a.q_sh = q.stride(1), a.q_ss = q.stride(2);
@@ -76,7 +69,7 @@ dense_args flash_args(const char* fn, const tensor_view<TQ>& q, const tensor_vie
   a.k_sb = k.stride(0), a.k_sh = k.stride(1), a.k_ss = k.stride(2);
   a.v = v.data_handle();
   a.v_sb = v.stride(0), a.v_sh = v.stride(1), a.v_ss = v.stride(2);
-  a.kv_type = dtype_of<K>::value;
+  a.kv_type = dtype_of<std::remove_cv_t<TK>>::value;
   a.out = out.data_handle();
   a.o_sb = out.stride(0), a.o_sh = out.stride(1), a.o_ss = out.stride(2);
   if (lse.size() > 0) {
@@ -91,6 +84,22 @@ dense_args flash_args(const char* fn, const tensor_view<TQ>& q, const tensor_vie
   a.num_threads = options.num_threads;
   a.exec = options.exec;
   return a;
+}
+
+/// Validates a flash-style call (views, mask, options) and flattens it into dense_args.
+template <class TQ, class TK, class TV, class Mask>
+dense_args flash_args(const char* fn, const tensor_view<TQ>& q, const tensor_view<TK>& k, const tensor_view<TV>& v,
+                      const tensor_view<float>& out, const Mask& mask, const attention_options& options,
+                      const tensor_view<float>& lse) {
+  using K = std::remove_cv_t<TK>;
+  static_assert(std::is_same<std::remove_cv_t<TQ>, float>::value, "attnkit: q must be a float view");
+  static_assert(std::is_same<K, std::remove_cv_t<TV>>::value, "attnkit: k and v must have the same storage type");
+  static_assert(std::is_same<K, float>::value || std::is_same<K, bf16>::value || std::is_same<K, fp16>::value,
+                "attnkit: k and v must be float, attnkit::bf16 or attnkit::fp16 views");
+  static_assert(is_mask<Mask>::value, "attnkit: argument 'mask' must be a mask (see mask/masks.hpp)");
+  const auto p = check_dense(fn, q, k, v, &out, lse, options);
+  check_mask(fn, mask, mask_problem{p.batch, p.q_heads, p.kv_heads, p.q_len, p.kv_len});
+  return dense_args_of(q, k, v, out, lse, p, options);
 }
 
 }  // namespace detail

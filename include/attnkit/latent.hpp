@@ -143,14 +143,9 @@ dense_args mla_args(const char* fn, const tensor_view<TQ>& q_lat, const tensor_v
   const index_t Lk = c.seq();
   check_mask(fn, mask, mask_problem{B, H, 1, Lq, Lk});
 
-  dense_args a;
   // Query rows [q_lat | q_rope] against key rows [c_kv | k_rope]; the value is c_kv itself.
-  a.q = q_lat.data_handle();
-  a.q_sb = q_lat.stride(0), a.q_sh = q_lat.stride(1), a.q_ss = q_lat.stride(2);
-  a.k = c.data_handle();
-  a.k_sb = c.stride(0), a.k_sh = c.stride(1), a.k_ss = c.stride(2);
-  a.v = c.data_handle();
-  a.v_sb = c.stride(0), a.v_sh = c.stride(1), a.v_ss = c.stride(2);
+  dense_args a = dense_args_of(q_lat, c, c, out, lse, dense_problem{B, H, 1, Lq, Lk, r + dr, r, scale},
+                               mla_attention_options(options, scale));
   if (dr > 0) {
     a.q2 = q_rope.data_handle();
     a.q2_sb = q_rope.stride(0), a.q2_sh = q_rope.stride(1), a.q2_ss = q_rope.stride(2);
@@ -158,20 +153,6 @@ dense_args mla_args(const char* fn, const tensor_view<TQ>& q_lat, const tensor_v
     a.k2_sb = kr.stride(0), a.k2_sh = kr.stride(1), a.k2_ss = kr.stride(2);
     a.k2_dim = dr;
   }
-  a.kv_type = dtype_of<C>::value;
-  a.out = out.data_handle();
-  a.o_sb = out.stride(0), a.o_sh = out.stride(1), a.o_ss = out.stride(2);
-  if (want_lse) {
-    a.lse = lse.data_handle();
-    a.l_sb = lse.stride(0), a.l_sh = lse.stride(1), a.l_ss = lse.stride(2);
-  }
-  a.batch = B, a.q_heads = H, a.kv_heads = 1;
-  a.q_len = Lq, a.kv_len = Lk, a.qk_dim = r + dr, a.v_dim = r;
-  a.scale = scale;
-  a.softcap = options.softcap;
-  a.sinks = options.sink_logits.data;
-  a.num_threads = options.num_threads;
-  a.exec = options.exec;
   return a;
 }
 
