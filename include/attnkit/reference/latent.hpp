@@ -40,6 +40,31 @@ inline double softmax_row(std::vector<double>& s, bool sink, double sink_logit) 
   return mx + std::log(sum);
 }
 
+/// One output row (b, h, i) of the MLA references: the scores of the allowed keys, where
+/// dot(j) is key j's unscaled dot product with the query, softmax with the head's sink
+/// logit, and the sum of the weighted value rows value(j, d), d < res.v_dim. s and keys are
+/// scratch.
+template <class Mask, class Dot, class Value>
+void mla_row(result& res, index_t b, index_t h, index_t i, index_t Lk, double scale, const Mask& mask,
+             const mla_options& opt, const Dot& dot, const Value& value, std::vector<double>& s,
+             std::vector<index_t>& keys) {
+  const index_t qpos = i + Lk - res.q_len;
+  s.clear();
+  keys.clear();
+  for (index_t j = 0; j < Lk; ++j) {
+    if (!mask.allowed(b, h, qpos, j)) continue;
+    double x = dot(j) * scale;  // scale: the float the kernels use, widened
+    if constexpr (has_score<Mask>::value) x = mask.score(float(x), b, h, qpos, j);
+    if (opt.softcap != 0.f) x = double(opt.softcap) * std::tanh(x / double(opt.softcap));
+    s.push_back(x);
+    keys.push_back(j);
+  }
+  const bool sink = opt.sink_logits.data != nullptr;
+  res.l(b, h, i) = softmax_row(s, sink, sink ? double(opt.sink_logits.data[h]) : 0.0);
+  for (std::size_t t = 0; t < keys.size(); ++t)
+    for (index_t d = 0; d < res.v_dim; ++d) res.o(b, h, i, d) += s[t] * value(keys[t], d);
+}
+
 }  // namespace detail
 
 /// Reference of attnkit::mla_attention (absorbed form): out_lat [B, H, Lq, r] and lse.
@@ -52,7 +77,7 @@ result mla_attention(const tensor_view<TQ>& q_lat, const tensor_view<TQR>& q_rop
   std::vector<float> scratch(std::size_t(std::max<index_t>(B * H * Lq * r, 1)));
   const auto a = attnkit::detail::mla_args(fn, q_lat, q_rope, c_kv, k_rope, make_bhsd(scratch.data(), B, H, Lq, r),
                                            mask, opt, tensor_view<float>{}, false);
-  const index_t Lk = a.kv_len, offset = Lk - Lq;
+  const index_t Lk = a.kv_len;
   // The convention written out again rather than taken from the kernel's validation.
   const double scale = opt.scale != 0.f ? double(opt.scale)
                                         : double(1.f / std::sqrt(float(opt.qk_nope_head_dim + dr)));
@@ -65,24 +90,14 @@ result mla_attention(const tensor_view<TQ>& q_lat, const tensor_view<TQR>& q_rop
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < H; ++h)
       for (index_t i = 0; i < Lq; ++i) {
-        const index_t qpos = i + offset;
-        s.clear();
-        keys.clear();
-        for (index_t j = 0; j < Lk; ++j) {
-          if (!mask.allowed(b, h, qpos, j)) continue;
-          double dot = 0;
-          for (index_t d = 0; d < r; ++d) dot += double(q_lat(b, h, i, d)) * double(to_float(c_kv(b, 0, j, d)));
-          for (index_t d = 0; d < dr; ++d) dot += double(q_rope(b, h, i, d)) * double(to_float(k_rope(b, 0, j, d)));
-          double x = dot * scale;
-          if constexpr (has_score<Mask>::value) x = mask.score(float(x), b, h, qpos, j);
-          if (opt.softcap != 0.f) x = double(opt.softcap) * std::tanh(x / double(opt.softcap));
-          s.push_back(x);
-          keys.push_back(j);
-        }
-        const bool sink = opt.sink_logits.data != nullptr;
-        res.l(b, h, i) = detail::softmax_row(s, sink, sink ? double(opt.sink_logits.data[h]) : 0.0);
-        for (std::size_t t = 0; t < keys.size(); ++t)
-          for (index_t d = 0; d < r; ++d) res.o(b, h, i, d) += s[t] * double(to_float(c_kv(b, 0, keys[t], d)));
+        const auto dot = [&](index_t j) {
+          double x = 0;
+          for (index_t d = 0; d < r; ++d) x += double(q_lat(b, h, i, d)) * double(to_float(c_kv(b, 0, j, d)));
+          for (index_t d = 0; d < dr; ++d) x += double(q_rope(b, h, i, d)) * double(to_float(k_rope(b, 0, j, d)));
+          return x;
+        };
+        const auto value = [&](index_t j, index_t d) { return double(to_float(c_kv(b, 0, j, d))); };
+        detail::mla_row(res, b, h, i, Lk, scale, mask, opt, dot, value, s, keys);
       }
   return res;
 }
@@ -128,7 +143,6 @@ result mla_expanded(const tensor_view<TQ>& q_nope, const tensor_view<TQR>& q_rop
   res.lse.assign(std::size_t(B * H * Lq), -std::numeric_limits<double>::infinity());
   std::vector<double> K(std::size_t(Lk * dn)), V(std::size_t(Lk * dv)), s;
   std::vector<index_t> keys;
-  const index_t offset = Lk - Lq;
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < H; ++h) {
       for (index_t j = 0; j < Lk; ++j) {
@@ -144,24 +158,14 @@ result mla_expanded(const tensor_view<TQ>& q_nope, const tensor_view<TQR>& q_rop
         }
       }
       for (index_t i = 0; i < Lq; ++i) {
-        const index_t qpos = i + offset;
-        s.clear();
-        keys.clear();
-        for (index_t j = 0; j < Lk; ++j) {
-          if (!mask.allowed(b, h, qpos, j)) continue;
-          double dot = 0;
-          for (index_t d = 0; d < dn; ++d) dot += double(q_nope(b, h, i, d)) * K[std::size_t(j * dn + d)];
-          for (index_t d = 0; d < dr; ++d) dot += double(q_rope(b, h, i, d)) * double(to_float(k_rope(b, 0, j, d)));
-          double x = dot * scale;  // scale: the float the kernels use, widened
-          if constexpr (has_score<Mask>::value) x = mask.score(float(x), b, h, qpos, j);
-          if (opt.softcap != 0.f) x = double(opt.softcap) * std::tanh(x / double(opt.softcap));
-          s.push_back(x);
-          keys.push_back(j);
-        }
-        const bool sink = opt.sink_logits.data != nullptr;
-        res.l(b, h, i) = detail::softmax_row(s, sink, sink ? double(opt.sink_logits.data[h]) : 0.0);
-        for (std::size_t t = 0; t < keys.size(); ++t)
-          for (index_t d = 0; d < dv; ++d) res.o(b, h, i, d) += s[t] * V[std::size_t(keys[t] * dv + d)];
+        const auto dot = [&](index_t j) {
+          double x = 0;
+          for (index_t d = 0; d < dn; ++d) x += double(q_nope(b, h, i, d)) * K[std::size_t(j * dn + d)];
+          for (index_t d = 0; d < dr; ++d) x += double(q_rope(b, h, i, d)) * double(to_float(k_rope(b, 0, j, d)));
+          return x;
+        };
+        const auto value = [&](index_t j, index_t d) { return V[std::size_t(j * dv + d)]; };
+        detail::mla_row(res, b, h, i, Lk, scale, mask, opt, dot, value, s, keys);
       }
     }
   return res;
