@@ -103,22 +103,7 @@ struct decode_runner {
   static constexpr int W = decode_plan<Arch>::W;
   static constexpr int BQ = decode_plan<Arch>::BQ;
 
-  unit_coords coords(std::int64_t g) const noexcept {
-    const dense_plan<Arch>& p = plan.rows;
-    const std::int64_t qb = g % p.n_qblk;
-    g /= p.n_qblk;
-    const std::int64_t hs = g % p.n_hsub;
-    g /= p.n_hsub;
-    unit_coords c;
-    c.kvh = g % a.kv_heads;
-    c.b = g / a.kv_heads;
-    c.h0 = c.kvh * p.group + hs * p.nh;
-    c.nh = p.group - hs * p.nh < p.nh ? p.group - hs * p.nh : p.nh;
-    c.i0 = qb * p.nq;
-    c.nq = a.q_len - c.i0 < p.nq ? a.q_len - c.i0 : p.nq;
-    c.p0 = c.i0 + a.kv_len_of(c.b) - a.q_len;
-    return c;
-  }
+  unit_coords coords(std::int64_t g) const noexcept { return plan.rows.coords(a, g); }
 
   // A work item is `plan.members` groups (consecutive group ids) over one chunk, walked in
   // lock step (Note [Heads in lock step]); one group otherwise.

@@ -55,6 +55,12 @@ inline void load_q_row(const dense_args& a, std::int64_t b, std::int64_t h, std:
   }
 }
 
+/// Which queries a unit holds.
+struct unit_coords {
+  std::int64_t b, kvh, h0, nh, i0, nq;
+  std::int64_t p0;  // absolute position of row i0
+};
+
 template <class Arch>
 struct dense_plan {
   static constexpr int W = simd::tile_config<Arch>::lanes;
@@ -95,12 +101,24 @@ struct dense_plan {
   std::int64_t walker_floats(const dense_args& a) const noexcept {
     return BQ * (a.qk_dim + bk) + (gathers(a) ? bk * a.qk_dim : 0);
   }
-};
 
-/// Which queries a unit holds.
-struct unit_coords {
-  std::int64_t b, kvh, h0, nh, i0, nq;
-  std::int64_t p0;  // absolute position of row i0
+  /// Unit (or decode group) g: batch, KV head, its query heads and rows. Heaviest units
+  /// first for causal-like masks: the query block index runs backwards.
+  unit_coords coords(const dense_args& a, std::int64_t g) const noexcept {
+    const std::int64_t qb = n_qblk - 1 - (g % n_qblk);
+    g /= n_qblk;
+    const std::int64_t hs = g % n_hsub;
+    g /= n_hsub;
+    unit_coords c;
+    c.kvh = g % a.kv_heads;
+    c.b = g / a.kv_heads;
+    c.h0 = c.kvh * group + hs * nh;
+    c.nh = group - hs * nh < nh ? group - hs * nh : nh;
+    c.i0 = qb * nq;
+    c.nq = a.q_len - c.i0 < nq ? a.q_len - c.i0 : nq;
+    c.p0 = c.i0 + a.kv_len_of(c.b) - a.q_len;  // bottom-right alignment
+    return c;
+  }
 };
 
 /// Adds a sink logit s to a row's softmax state (max mx, sum): afterwards mx is the new
@@ -208,23 +226,7 @@ struct unit_runner {
     return n <= dense_plan<Arch>::NVMAX ? n : dense_plan<Arch>::NVMAX;
   }
 
-  unit_coords coords(std::int64_t unit) const noexcept {
-    // Heaviest units first for causal-like masks: the query block index runs backwards.
-    std::int64_t u = unit;
-    const std::int64_t qb = plan.n_qblk - 1 - (u % plan.n_qblk);
-    u /= plan.n_qblk;
-    const std::int64_t hs = u % plan.n_hsub;
-    u /= plan.n_hsub;
-    unit_coords c;
-    c.kvh = u % a.kv_heads;
-    c.b = u / a.kv_heads;
-    c.h0 = c.kvh * plan.group + hs * plan.nh;
-    c.nh = plan.group - hs * plan.nh < plan.nh ? plan.group - hs * plan.nh : plan.nh;
-    c.i0 = qb * plan.nq;
-    c.nq = a.q_len - c.i0 < plan.nq ? a.q_len - c.i0 : plan.nq;
-    c.p0 = c.i0 + a.kv_len_of(c.b) - a.q_len;  // bottom-right alignment
-    return c;
-  }
+  unit_coords coords(std::int64_t unit) const noexcept { return plan.coords(a, unit); }
 
   template <int NV>
   void run(const unit_coords& c, float* ws) const noexcept {
