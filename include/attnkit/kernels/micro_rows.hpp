@@ -243,17 +243,14 @@ template <class Arch, int RB, class VT>
 inline void pv_rows(float* o, std::int64_t ld_o, const float* alpha, const float* p, std::int64_t ld_p,
                     const VT* const* v, std::int64_t dvp, std::int64_t nk, const prefetch_rows& pf = {}) noexcept {
   constexpr int W = int(simd::vfloat<Arch>::size);
-  // Whole rows (Note [Rows read in order]) up to 8 vectors (AVX-512: 128 floats), else
-  // column blocks: accumulators RB x CV plus CV loads fit the register file (32 zmm, else 16).
+  // Whole rows (Note [Rows read in order]) for the common head dims (AVX-512: 16, 32, 64,
+  // 128 floats; each width is another instantiation of every decode kernel), else column
+  // blocks: accumulators RB x CV plus CV loads fit the register file (32 zmm, else 16).
   if constexpr (W == 16) {
     switch (dvp / W) {
       case 1: return pv_rows_whole<Arch, RB, 1, VT>(o, ld_o, alpha, p, ld_p, v, nk, pf);
       case 2: return pv_rows_whole<Arch, RB, 2, VT>(o, ld_o, alpha, p, ld_p, v, nk, pf);
-      case 3: return pv_rows_whole<Arch, RB, 3, VT>(o, ld_o, alpha, p, ld_p, v, nk, pf);
       case 4: return pv_rows_whole<Arch, RB, 4, VT>(o, ld_o, alpha, p, ld_p, v, nk, pf);
-      case 5: return pv_rows_whole<Arch, RB, 5, VT>(o, ld_o, alpha, p, ld_p, v, nk, pf);
-      case 6: return pv_rows_whole<Arch, RB, 6, VT>(o, ld_o, alpha, p, ld_p, v, nk, pf);
-      case 7: return pv_rows_whole<Arch, RB, 7, VT>(o, ld_o, alpha, p, ld_p, v, nk, pf);
       case 8: return pv_rows_whole<Arch, RB, 8, VT>(o, ld_o, alpha, p, ld_p, v, nk, pf);
       default: break;
     }
