@@ -286,8 +286,9 @@ struct decode_runner {
           packed = true;
         }
         next_n = ranges.r[ri].end - k1 < bk ? ranges.r[ri].end - k1 : bk;
-        pf_qk = streaming(R) ? fetch_plan(R, vrows, tk0, nk, DV, a.v_sh, nk, pf_addr) : kernels::prefetch_rows{};
-        if (!streaming(R) && next_n > 0) {
+        const bool stream = streaming(R);
+        pf_qk = stream ? fetch_plan(R, vrows, tk0, nk, DV, a.v_sh, nk, pf_addr) : kernels::prefetch_rows{};
+        if (!stream && next_n > 0) {
           krows.prefetch(k1, next_n, D);
           vrows.prefetch(k1, next_n, DV);
         }
@@ -337,7 +338,7 @@ struct decode_runner {
         kernels::online_softmax<Arch, NV>(st, BQ, nk, m, l, alpha);
     }
 
-    // Second half of the step that qk() found: O = alpha O + P V over the tile.
+    // Last part of the step that next_tile() found: O = alpha O + P V over the tile.
     void pv(const decode_runner& R) noexcept {
       const dense_args& a = R.a;
       const std::int64_t D = a.qk_dim, DV = a.v_dim, dvp = R.plan.dvp;
