@@ -4,12 +4,29 @@
 // times a handful of queries), so the queries-in-lanes kernels of micro.hpp would leave most
 // lanes empty and broadcast every K and V element. Here the head dimension runs along the
 // lanes instead: Q.K^T accumulates RB rows x KB keys (RB * KB = W) partial dot products and
-// folds them with one horizontal pass (xsimd::haddp); P.V broadcasts each probability and
+// folds them with one horizontal pass (hsum_rows); P.V broadcasts each probability and
 // streams whole V vectors. Both read K and V rows as whole vectors, so rows must be padded
 // to the vector width (kv_rows::tile with `padded`). K and V may be bf16/fp16 rows: the
-// loads widen them in registers (simd/convert.hpp), so 16-bit caches are read in place. The score tile keeps the
-// queries-in-lanes layout St[key][row] of the flash driver, so masks, score modifiers,
-// softcap and the online softmax are shared with it.
+// loads widen them in registers (simd/convert.hpp), so 16-bit caches are read in place. The
+// score tile keeps the queries-in-lanes layout St[key][row] of the flash driver, so masks,
+// score modifiers, softcap and the online softmax are shared with it.
+//
+// Note [Rows read once, in order]: decode's speed is the speed of reading the cache, and
+// what reads it fastest is the hardware prefetcher, which follows a stream of addresses
+// that advances steadily. So both kernels read each K/V row from memory once, whole and in
+// address order, with their arithmetic spread along the stream:
+//   - Q.K^T goes key by key (each key's row against every query row; Q comes from L1),
+//     not dimension block by dimension block over several keys at once;
+//   - P.V cannot hold every row's accumulators in registers (4 rows x 128 floats fill all
+//     32 zmm), so it takes the tile in sub-tiles of `pv_sub` keys: every group of rows
+//     passes over a sub-tile while it is in L1, the accumulators waiting in L1 between
+//     sub-tiles; memory sees one pass over the tile.
+// Measured on Zen 4 (fp32, 2 threads, a 512 MiB cache, no software prefetch): a synthetic
+// kernel with this access order and decode's arithmetic read at 0.91-0.97 x a streaming sum;
+// with Q.K^T in dimension blocks over 4 keys 0.61, with P.V in two passes over a 64-key tile
+// 0.81. Software prefetching (into L1 or L2, near or a tile ahead) made every variant
+// slower there (0.64-0.79): prefetches beyond the core's few outstanding-miss slots are
+// dropped, and those that are not compete with the hardware streams.
 #pragma once
 
 #include <cstdint>
@@ -61,43 +78,17 @@ ATTNKIT_ALWAYS_INLINE simd::vfloat<Arch> hsum_rows(const simd::vfloat<Arch>* acc
   }
 }
 
-// Rows to bring into cache while a kernel computes (decode: Note [Fetch order] in
-// decode.hpp). The kernel calls touch() at each of its `steps` steps; each call asks for the
-// next share of the rows' cache lines, in address order, so the memory keeps streaming
-// during the arithmetic (a burst of prefetches before it would stall the core until they
-// drained). No division per call: the kernels call it per key.
-class prefetch_rows {
- public:
-  prefetch_rows() = default;
-  prefetch_rows(const void* const* rows, std::int64_t n, std::int64_t bytes, std::int64_t steps) noexcept
-      : rows_(rows), row_bytes_((bytes + 63) / 64 * 64), left_(n * ((bytes + 63) / 64)) {
-    per_ = steps > 0 ? (left_ + steps - 1) / steps : left_;
-  }
-
-  ATTNKIT_ALWAYS_INLINE void touch() const noexcept {
-    for (std::int64_t k = per_ < left_ ? per_ : left_; k > 0; --k) {
-      // Into L1: measured faster here than into L2 only (prefetcht1/t2), and than touching
-      // the lines with loads.
-      __builtin_prefetch(static_cast<const char*>(rows_[r_]) + off_, 0, 3);
-      off_ += 64;
-      if (off_ == row_bytes_) off_ = 0, ++r_;
-      --left_;
-    }
-  }
-
- private:
-  const void* const* rows_ = nullptr;
-  std::int64_t row_bytes_ = 0, per_ = 0;
-  mutable std::int64_t left_ = 0, r_ = 0, off_ = 0;  // the cursor
-};
-
-// qk_rows: St[t][r] = sum_{d < dp} Q[r][d] * K[t][d] for r < RB, t < nk.
-//   Q: RB rows at q + r * ld_q (aligned, zero-padded to dp, a multiple of W);
+// qk_rows: St[t][r] = sum_{d < dp} Q[r][d] * K[t][d] for r < rows, t < nk (Note [Rows read
+// once, in order]).
+//   Q: `rows` rows at q + r * ld_q (aligned, zero-padded to dp, a multiple of W); rows is a
+//      multiple of RB;
 //   K row t at k[t] (any address: contiguous or paged), readable up to dp;
-//   St: [nk][ld_s], only lanes [0, RB) written.
+//   St: [nk][ld_s], only lanes [0, rows) written.
+// Each dot product sums its dimension blocks in order from zero, so the scores do not
+// depend on how many rows or keys are taken together.
 template <class Arch, int RB, class KT>
 inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT* const* k, std::int64_t dp,
-                    std::int64_t nk, float* ATTNKIT_RESTRICT st, std::int64_t ld_s, const prefetch_rows& pf = {}) noexcept {
+                    std::int64_t nk, int rows, float* ATTNKIT_RESTRICT st, std::int64_t ld_s) noexcept {
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
   static_assert(RB >= 1 && W % RB == 0, "RB must divide the vector width");
@@ -108,56 +99,53 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT
     // Past the last key the kernel re-reads the last row; those sums are never stored.
     const KT* kp[KB];
     for (int j = 0; j < KB; ++j) kp[j] = k[t0 + (j < kn ? j : kn - 1)];
-    for (int j = 0; j < KB; ++j) pf.touch();
-    B acc[W];
-    for (int i = 0; i < W; ++i) acc[i] = B(0.f);
-    for (std::int64_t d = 0; d < dp; d += W) {
-      B qv[RB], kv[KB];
-      for (int r = 0; r < RB; ++r) qv[r] = B::load_aligned(q + r * ld_q + d);
-      for (int j = 0; j < KB; ++j) kv[j] = simd::load_widen<Arch>(kp[j] + d);
-      for (int j = 0; j < KB; ++j)
-        for (int r = 0; r < RB; ++r) acc[j * RB + r] = xsimd::fma(qv[r], kv[j], acc[j * RB + r]);
-    }
-    const B s = hsum_rows<Arch>(acc);  // lane j * RB + r = row r . key t0 + j
-    if (RB == W || (ld_s == RB && kn == KB)) {  // lanes already in St's order
-      s.store_unaligned(st + t0 * ld_s);
-    } else {
-      s.store_aligned(tmp);
-      for (int j = 0; j < kn; ++j) std::memcpy(st + (t0 + j) * ld_s, tmp + j * RB, RB * sizeof(float));
+    for (int r0 = 0; r0 < rows; r0 += RB) {  // later row blocks find the KB rows in L1
+      const float* qb = q + r0 * ld_q;
+      B acc[W];
+      for (int j = 0; j < KB; ++j) {
+        // One key's row at a time; its own accumulators keep the loop over the (run-time)
+        // dimension free of indexing by j, so they stay in registers.
+        B a[RB];
+        for (int r = 0; r < RB; ++r) a[r] = B(0.f);
+        const KT* kr = kp[j];
+        for (std::int64_t d = 0; d < dp; d += W) {
+          const B kv = simd::load_widen<Arch>(kr + d);
+          for (int r = 0; r < RB; ++r) a[r] = xsimd::fma(B::load_aligned(qb + r * ld_q + d), kv, a[r]);
+        }
+        for (int r = 0; r < RB; ++r) acc[j * RB + r] = a[r];
+      }
+      const B s = hsum_rows<Arch>(acc);  // lane j * RB + r = row r0 + r . key t0 + j
+      if (RB == W || (ld_s == RB && kn == KB)) {  // lanes already in St's order
+        s.store_unaligned(st + t0 * ld_s + r0);
+      } else {
+        s.store_aligned(tmp);
+        for (int j = 0; j < kn; ++j) std::memcpy(st + (t0 + j) * ld_s + r0, tmp + j * RB, RB * sizeof(float));
+      }
     }
   }
 }
 
-// pv_rows: O[r][0:dvp] = alpha[r] * O[r] + sum_{t < nk} P[t][r] * V[t][0:dvp] for r < RB.
-//   O: RB rows at o + r * ld_o (aligned, dvp a multiple of W); P: [nk][ld_p] (lanes = rows);
-//   V row t at v[t], readable up to dvp. Like pv_tile, the tile's sum starts at zero
-//   and joins the running output once (two-level summation).
-template <class Arch, int RB, int CV, class VT>
-ATTNKIT_ALWAYS_INLINE void pv_rows_cols(float* ATTNKIT_RESTRICT o, std::int64_t ld_o, const float* ATTNKIT_RESTRICT alpha,
-                                        const float* ATTNKIT_RESTRICT p, std::int64_t ld_p,
-                                        const VT* const* v, std::int64_t j0, std::int64_t nk,
-                                        const prefetch_rows& pf) noexcept {
+// pv_sub_acc: for RG rows and CV vectors of columns from j0, acc[r][c] (rows of `acc` ld_acc
+// apart, starting at zero when `zero`) += sum_{t0 <= t < t1} P[t][r] * V[t][j0 + c W].
+template <class Arch, int RG, int CV, class VT>
+ATTNKIT_ALWAYS_INLINE void pv_sub_acc(float* ATTNKIT_RESTRICT acc_rows, std::int64_t ld_acc, bool zero,
+                                      const float* ATTNKIT_RESTRICT p, std::int64_t ld_p, const VT* const* v,
+                                      std::int64_t j0, std::int64_t t0, std::int64_t t1) noexcept {
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
-  B acc[RB][CV];
-  for (int r = 0; r < RB; ++r)
-    for (int c = 0; c < CV; ++c) acc[r][c] = B(0.f);
-  for (std::int64_t t = 0; t < nk; ++t) {
+  B acc[RG][CV];
+  for (int r = 0; r < RG; ++r)
+    for (int c = 0; c < CV; ++c) acc[r][c] = zero ? B(0.f) : B::load_aligned(acc_rows + r * ld_acc + c * W);
+  for (std::int64_t t = t0; t < t1; ++t) {
     B vv[CV];
     for (int c = 0; c < CV; ++c) vv[c] = simd::load_widen<Arch>(v[t] + j0 + c * W);
-    pf.touch();
-    for (int r = 0; r < RB; ++r) {
+    for (int r = 0; r < RG; ++r) {
       const B pb(p[t * ld_p + r]);
       for (int c = 0; c < CV; ++c) acc[r][c] = xsimd::fma(pb, vv[c], acc[r][c]);
     }
   }
-  for (int r = 0; r < RB; ++r) {
-    const B a(alpha[r]);
-    for (int c = 0; c < CV; ++c) {
-      float* op = o + r * ld_o + c * W;
-      xsimd::fma(B::load_aligned(op), a, acc[r][c]).store_aligned(op);
-    }
-  }
+  for (int r = 0; r < RG; ++r)
+    for (int c = 0; c < CV; ++c) acc[r][c].store_aligned(acc_rows + r * ld_acc + c * W);
 }
 
 // Compact score tiles: with at most 4 rows (rp in {1, 2, 4}, dividing the vector width) St
@@ -195,7 +183,9 @@ inline void online_softmax_rows(float* st, std::int64_t nk, int rp, float* m, fl
   std::int64_t v = 0;
   for (; v + 4 <= nvec; v += 4)
     for (int c = 0; c < 4; ++c) mx[c] = simd::max<Arch>(mx[c], B::load_aligned(st + (v + c) * W));
-  for (int c = 0; v < nvec; ++v, ++c) mx[c] = simd::max<Arch>(mx[c], B::load_aligned(st + v * W));
+  // At most 3 vectors are left; c < 4 also tells g++ so (it warns otherwise,
+  // -Waggressive-loop-optimizations, when it inlines this with a known tile length).
+  for (int c = 0; v < nvec && c < 4; ++v, ++c) mx[c] = simd::max<Arch>(mx[c], B::load_aligned(st + v * W));
   alignas(64) float t[W], pat[W];
   simd::max<Arch>(simd::max<Arch>(mx[0], mx[1]), simd::max<Arch>(mx[2], mx[3])).store_aligned(t);
   float base[4];
@@ -222,46 +212,65 @@ inline void online_softmax_rows(float* st, std::int64_t nk, int rp, float* m, fl
   }
 }
 
-// Note [Rows read in order]: the hardware prefetchers of the machines we measured stream a
-// tile well only when its rows are read front to back. Column blocks (the first half of every
-// V row, then the second half) read the same bytes at ~0.75 x the streaming rate on one core
-// (Zen 5). So when a whole row of accumulators fits the registers, pv_rows makes passes over
-// groups of rows instead, each reading the tile's rows whole and in order; the first pass
-// streams from memory and the later ones find the tile in cache.
-template <class Arch, int RB, int CV, class VT>
-ATTNKIT_ALWAYS_INLINE void pv_rows_whole(float* o, std::int64_t ld_o, const float* alpha, const float* p, std::int64_t ld_p,
-                                         const VT* const* v, std::int64_t nk, const prefetch_rows& pf) noexcept {
-  constexpr int W = int(simd::vfloat<Arch>::size);
-  constexpr int regs = W == 16 ? 16 : 8;  // accumulators that leave room for a row of loads
-  constexpr int fit = regs / CV < RB ? regs / CV : RB;
-  constexpr int RG = fit >= 4 ? 4 : fit >= 2 ? 2 : 1;  // rows per pass, dividing RB
-  for (int r0 = 0; r0 < RB; r0 += RG)
-    pv_rows_cols<Arch, RG, CV, VT>(o + r0 * ld_o, ld_o, alpha + r0, p + r0, ld_p, v, 0, nk, r0 == 0 ? pf : prefetch_rows{});
-}
+/// Keys per P.V sub-tile (Note [Rows read once, in order]): 4 KiB of fp32 rows at head dim
+/// 128, so a sub-tile stays in L1 while every group of rows passes over it.
+constexpr std::int64_t pv_sub = 8;
 
-template <class Arch, int RB, class VT>
-inline void pv_rows(float* o, std::int64_t ld_o, const float* alpha, const float* p, std::int64_t ld_p,
-                    const VT* const* v, std::int64_t dvp, std::int64_t nk, const prefetch_rows& pf = {}) noexcept {
+// pv_rows_by: pv_rows' sums into acc, RG rows per group (dividing `rows`), columns in blocks
+// of CV vectors (whole rows when CV * W = dvp) and single vectors past the last whole block.
+template <class Arch, int RG, int CV, class VT>
+inline void pv_rows_by(float* ATTNKIT_RESTRICT acc, const float* ATTNKIT_RESTRICT p, std::int64_t ld_p,
+                       const VT* const* v, std::int64_t dvp, std::int64_t nk, int rows) noexcept {
   constexpr int W = int(simd::vfloat<Arch>::size);
-  // Whole rows (Note [Rows read in order]) for the common head dims (AVX-512: 16, 32, 64,
-  // 128 floats; each width is another instantiation of every decode kernel), else column
-  // blocks: accumulators RB x CV plus CV loads fit the register file (32 zmm, else 16).
-  if constexpr (W == 16) {
-    switch (dvp / W) {
-      case 1: return pv_rows_whole<Arch, RB, 1, VT>(o, ld_o, alpha, p, ld_p, v, nk, pf);
-      case 2: return pv_rows_whole<Arch, RB, 2, VT>(o, ld_o, alpha, p, ld_p, v, nk, pf);
-      case 4: return pv_rows_whole<Arch, RB, 4, VT>(o, ld_o, alpha, p, ld_p, v, nk, pf);
-      case 8: return pv_rows_whole<Arch, RB, 8, VT>(o, ld_o, alpha, p, ld_p, v, nk, pf);
-      default: break;
+  const std::int64_t blocks = dvp / (CV * W) * (CV * W);
+  for (std::int64_t t0 = 0; t0 < nk; t0 += pv_sub) {
+    const std::int64_t t1 = t0 + pv_sub < nk ? t0 + pv_sub : nk;
+    for (int r0 = 0; r0 < rows; r0 += RG) {
+      float* ar = acc + r0 * dvp;
+      std::int64_t j = 0;
+      for (; j < blocks; j += CV * W) pv_sub_acc<Arch, RG, CV, VT>(ar + j, dvp, t0 == 0, p + r0, ld_p, v, j, t0, t1);
+      for (; j < dvp; j += W) pv_sub_acc<Arch, RG, 1, VT>(ar + j, dvp, t0 == 0, p + r0, ld_p, v, j, t0, t1);
     }
   }
+}
+
+// pv_rows: O[r][0:dvp] = alpha[r] * O[r] + sum_{t < nk} P[t][r] * V[t][0:dvp] for r < rows.
+//   O: `rows` rows at o + r * ld_o (aligned, dvp a multiple of W); P: [nk][ld_p] (lanes =
+//   rows); V row t at v[t], readable up to dvp; acc: scratch of rows x dvp floats (aligned).
+// Like pv_tile, the tile's sum starts at zero and joins the running output once (two-level
+// summation); each output element sums its keys in order, however the rows and columns are
+// grouped.
+template <class Arch, int RB, class VT>
+inline void pv_rows(float* ATTNKIT_RESTRICT o, std::int64_t ld_o, const float* ATTNKIT_RESTRICT alpha,
+                    const float* ATTNKIT_RESTRICT p, std::int64_t ld_p, const VT* const* v, std::int64_t dvp,
+                    std::int64_t nk, int rows, float* ATTNKIT_RESTRICT acc) noexcept {
+  using B = simd::vfloat<Arch>;
+  constexpr int W = int(B::size);
+  if (nk <= 0) return;
+  // Accumulators RG x CV plus a row of CV loads fit the register file (32 zmm, else 16).
+  // Whole rows for the common head dims (AVX-512: 16, 32, 64, 128 floats; each width is
+  // another instantiation), else column blocks of 4 vectors.
   constexpr int regs = W == 16 ? 16 : 8;
-  constexpr int CV = regs / RB > 4 ? 4 : regs / RB;
-  std::int64_t j = 0;
-  // The first column block issues the prefetches.
-  for (; j + CV * W <= dvp; j += CV * W)
-    pv_rows_cols<Arch, RB, CV, VT>(o + j, ld_o, alpha, p, ld_p, v, j, nk, j == 0 ? pf : prefetch_rows{});
-  for (; j < dvp; j += W) pv_rows_cols<Arch, RB, 1, VT>(o + j, ld_o, alpha, p, ld_p, v, j, nk, j == 0 ? pf : prefetch_rows{});
+  constexpr int RG4 = RB < 4 ? RB : 4;
+  bool done = false;
+  if constexpr (W == 16) {
+    done = true;
+    switch (dvp / W) {
+      case 1: pv_rows_by<Arch, RG4, 1, VT>(acc, p, ld_p, v, dvp, nk, rows); break;
+      case 2: pv_rows_by<Arch, RG4, 2, VT>(acc, p, ld_p, v, dvp, nk, rows); break;
+      case 4: pv_rows_by<Arch, RG4, 4, VT>(acc, p, ld_p, v, dvp, nk, rows); break;
+      case 8: pv_rows_by<Arch, (RB < 2 ? RB : 2), 8, VT>(acc, p, ld_p, v, dvp, nk, rows); break;
+      default: done = false;
+    }
+  }
+  if (!done) pv_rows_by<Arch, RB, (regs / RB > 4 ? 4 : regs / RB), VT>(acc, p, ld_p, v, dvp, nk, rows);
+  for (int r = 0; r < rows; ++r) {
+    const B a(alpha[r]);
+    for (std::int64_t j = 0; j < dvp; j += W) {
+      float* op = o + r * ld_o + j;
+      xsimd::fma(B::load_aligned(op), a, B::load_aligned(acc + r * dvp + j)).store_aligned(op);
+    }
+  }
 }
 
 }  // namespace kernels
