@@ -72,8 +72,11 @@ struct decode_plan {
     // bytes from each 4 KiB page, which the hardware prefetchers do not stream (and what
     // they fetch past the row is another head's, evicted before its unit runs). So a work
     // item then walks all KV heads of a batch entry (one group each; whole groups only)
-    // over the same chunk, a tile of each in turn: together they read each page whole.
-    // Each group's arithmetic is unchanged, so the output is bitwise the same either way.
+    // over the same chunk in lock step, and the micro-kernels take a tile's tokens in order
+    // with every member's head of each token (or of each 8-token P.V sub-tile) together
+    // (kernels::heads): the pages are read whole, front to back (Note [Rows read once, in
+    // order] in micro_rows.hpp). Each group's arithmetic is unchanged, so the output is
+    // bitwise the same either way.
     const auto far = [](std::int64_t x) { return x < 0 ? -x : x; };
     if (a.kv_heads > 1 && rows.n_hsub == 1 && rows.n_qblk == 1 && far(a.k_sh) < far(a.k_ss) &&
         far(a.v_sh) < far(a.v_ss))
@@ -163,19 +166,34 @@ struct decode_runner {
     walk<NV, RB, KV> w[cap];
     const int n = int(plan.members);
     for (int i = 0; i < n; ++i) w[i].begin(*this, g0 + i, split, ws + i * plan.unit_floats());
-    // Each step: Q.K^T of every member's tile, then P.V of every member's tile.
+    // Each step: Q.K^T of every member's tile, then P.V of every member's tile. When every
+    // member has the same tile of rows read in place, the kernels take all members' heads
+    // together, token by token (Note [Heads in lock step]); the arithmetic of each head is
+    // the same either way.
     bool has[cap] = {};
+    const kernels::heads one;
     for (bool any = true; any;) {
       any = false;
-      for (int i = 0; i < n; ++i)
-        if ((has[i] = w[i].next_tile(*this))) {
-          any = true;
-          w[i].qk_keys(*this);
-        }
+      bool together = n > 1;
+      for (int i = 0; i < n; ++i) {
+        has[i] = w[i].next_tile(*this);
+        any = any || has[i];
+        together = together && has[i] && w[i].stream && w[i].tk0 == w[0].tk0 && w[i].nk == w[0].nk;
+      }
+      if (together) {
+        w[0].qk_keys(*this, kernels::heads{n, plan.unit_floats(), a.k_sh});
+      } else {
+        for (int i = 0; i < n; ++i)
+          if (has[i]) w[i].qk_keys(*this, one);
+      }
       for (int i = 0; i < n; ++i)
         if (has[i]) w[i].scores_done(*this);
-      for (int i = 0; i < n; ++i)
-        if (has[i]) w[i].pv(*this);
+      if (together) {
+        w[0].pv(*this, kernels::heads{n, plan.unit_floats(), a.v_sh});
+      } else {
+        for (int i = 0; i < n; ++i)
+          if (has[i]) w[i].pv(*this, one);
+      }
     }
     for (int i = 0; i < n; ++i) w[i].finish(*this);
   }
@@ -278,7 +296,8 @@ struct decode_runner {
       return false;
     }
 
-    void qk_keys(const decode_runner& R) noexcept {
+    // hs: the heads taken together (only when streaming; else one).
+    void qk_keys(const decode_runner& R, const kernels::heads& hs) noexcept {
       const std::int64_t D = R.a.qk_dim, dp = R.plan.dp;
       std::int64_t ldk = 0;
       if constexpr (lanes) {
@@ -288,7 +307,7 @@ struct decode_runner {
         const KV* kp[decode_plan<Arch>::bk_max];
         if (stream) {  // in place, any storage, pages too
           krows.row_ptrs<KV>(tk0, nk, kp);
-          kernels::qk_rows<Arch, RB>(qr, dp, kp, dp, nk, rp, st, ld_s);
+          kernels::qk_rows<Arch, RB>(qr, dp, kp, dp, nk, rp, st, ld_s, hs);
         } else {
           const float* kt = krows.tile<Arch>(tk0, nk, D, kbuf, dp, true, ldk);
           const float* kf[decode_plan<Arch>::bk];
@@ -318,7 +337,7 @@ struct decode_runner {
     }
 
     // Last part of the step that next_tile() found: O = alpha O + P V over the tile.
-    void pv(const decode_runner& R) noexcept {
+    void pv(const decode_runner& R, const kernels::heads& hs) noexcept {
       const dense_args& a = R.a;
       const std::int64_t DV = a.v_dim, dvp = R.plan.dvp;
       std::int64_t ldv = 0;
@@ -328,7 +347,7 @@ struct decode_runner {
       } else if (stream) {
         const KV* vp[decode_plan<Arch>::bk_max];
         vrows.row_ptrs<KV>(tk0, nk, vp);
-        kernels::pv_rows<Arch, RB>(o, dvp, alpha, st, ld_s, vp, dvp, nk, rp, acc);
+        kernels::pv_rows<Arch, RB>(o, dvp, alpha, st, ld_s, vp, dvp, nk, rp, acc, hs);
       } else {
         const float* vt = vrows.tile<Arch>(tk0, nk, DV, vbuf, dvp, true, ldv);
         const float* vp[decode_plan<Arch>::bk];

@@ -78,17 +78,27 @@ ATTNKIT_ALWAYS_INLINE simd::vfloat<Arch> hsum_rows(const simd::vfloat<Arch>* acc
   }
 }
 
+// Heads walked together (Note [Heads in lock step] in decode.hpp): `n` heads whose K/V rows
+// lie `kv` elements apart (a token's heads side by side) and whose Q, St, O, P.V sums and
+// alpha lie `ws` floats apart. The kernels take the tile's tokens in order and, for each
+// token (group), every head, so a token's heads are read together, in address order.
+struct heads {
+  int n = 1;
+  std::int64_t ws = 0, kv = 0;
+};
+
 // qk_rows: St[t][r] = sum_{d < dp} Q[r][d] * K[t][d] for r < rows, t < nk (Note [Rows read
-// once, in order]).
+// once, in order]), for each head of `hs`.
 //   Q: `rows` rows at q + r * ld_q (aligned, zero-padded to dp, a multiple of W); rows is a
 //      multiple of RB;
 //   K row t at k[t] (any address: contiguous or paged), readable up to dp;
 //   St: [nk][ld_s], only lanes [0, rows) written.
 // Each dot product sums its dimension blocks in order from zero, so the scores do not
-// depend on how many rows or keys are taken together.
+// depend on how many rows, keys or heads are taken together.
 template <class Arch, int RB, class KT>
 inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT* const* k, std::int64_t dp,
-                    std::int64_t nk, int rows, float* ATTNKIT_RESTRICT st, std::int64_t ld_s) noexcept {
+                    std::int64_t nk, int rows, float* ATTNKIT_RESTRICT st, std::int64_t ld_s,
+                    const heads& hs = {}) noexcept {
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
   static_assert(RB >= 1 && W % RB == 0, "RB must divide the vector width");
@@ -96,30 +106,33 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT
   alignas(64) float tmp[W];
   for (std::int64_t t0 = 0; t0 < nk; t0 += KB) {
     const int kn = nk - t0 < KB ? int(nk - t0) : KB;
-    // Past the last key the kernel re-reads the last row; those sums are never stored.
-    const KT* kp[KB];
-    for (int j = 0; j < KB; ++j) kp[j] = k[t0 + (j < kn ? j : kn - 1)];
-    for (int r0 = 0; r0 < rows; r0 += RB) {  // later row blocks find the KB rows in L1
-      const float* qb = q + r0 * ld_q;
-      B acc[W];
-      for (int j = 0; j < KB; ++j) {
-        // One key's row at a time; its own accumulators keep the loop over the (run-time)
-        // dimension free of indexing by j, so they stay in registers.
-        B a[RB];
-        for (int r = 0; r < RB; ++r) a[r] = B(0.f);
-        const KT* kr = kp[j];
-        for (std::int64_t d = 0; d < dp; d += W) {
-          const B kv = simd::load_widen<Arch>(kr + d);
-          for (int r = 0; r < RB; ++r) a[r] = xsimd::fma(B::load_aligned(qb + r * ld_q + d), kv, a[r]);
+    for (int h = 0; h < hs.n; ++h) {
+      // Past the last key the kernel re-reads the last row; those sums are never stored.
+      const KT* kp[KB];
+      for (int j = 0; j < KB; ++j) kp[j] = k[t0 + (j < kn ? j : kn - 1)] + h * hs.kv;
+      for (int r0 = 0; r0 < rows; r0 += RB) {  // later row blocks find the KB rows in L1
+        const float* qb = q + h * hs.ws + r0 * ld_q;
+        float* sb = st + h * hs.ws + r0;
+        B acc[W];
+        for (int j = 0; j < KB; ++j) {
+          // One key's row at a time; its own accumulators keep the loop over the (run-time)
+          // dimension free of indexing by j, so they stay in registers.
+          B a[RB];
+          for (int r = 0; r < RB; ++r) a[r] = B(0.f);
+          const KT* kr = kp[j];
+          for (std::int64_t d = 0; d < dp; d += W) {
+            const B kv = simd::load_widen<Arch>(kr + d);
+            for (int r = 0; r < RB; ++r) a[r] = xsimd::fma(B::load_aligned(qb + r * ld_q + d), kv, a[r]);
+          }
+          for (int r = 0; r < RB; ++r) acc[j * RB + r] = a[r];
         }
-        for (int r = 0; r < RB; ++r) acc[j * RB + r] = a[r];
-      }
-      const B s = hsum_rows<Arch>(acc);  // lane j * RB + r = row r0 + r . key t0 + j
-      if (RB == W || (ld_s == RB && kn == KB)) {  // lanes already in St's order
-        s.store_unaligned(st + t0 * ld_s + r0);
-      } else {
-        s.store_aligned(tmp);
-        for (int j = 0; j < kn; ++j) std::memcpy(st + (t0 + j) * ld_s + r0, tmp + j * RB, RB * sizeof(float));
+        const B s = hsum_rows<Arch>(acc);  // lane j * RB + r = row r0 + r . key t0 + j
+        if (RB == W || (ld_s == RB && kn == KB)) {  // lanes already in St's order
+          s.store_unaligned(sb + t0 * ld_s);
+        } else {
+          s.store_aligned(tmp);
+          for (int j = 0; j < kn; ++j) std::memcpy(sb + (t0 + j) * ld_s, tmp + j * RB, RB * sizeof(float));
+        }
       }
     }
   }
@@ -220,21 +233,27 @@ constexpr std::int64_t pv_sub = 8;
 // of CV vectors (whole rows when CV * W = dvp) and single vectors past the last whole block.
 template <class Arch, int RG, int CV, class VT>
 inline void pv_rows_by(float* ATTNKIT_RESTRICT acc, const float* ATTNKIT_RESTRICT p, std::int64_t ld_p,
-                       const VT* const* v, std::int64_t dvp, std::int64_t nk, int rows) noexcept {
+                       const VT* const* v, std::int64_t dvp, std::int64_t nk, int rows, const heads& hs) noexcept {
   constexpr int W = int(simd::vfloat<Arch>::size);
   const std::int64_t blocks = dvp / (CV * W) * (CV * W);
+  const VT* vh[pv_sub];
   for (std::int64_t t0 = 0; t0 < nk; t0 += pv_sub) {
     const std::int64_t t1 = t0 + pv_sub < nk ? t0 + pv_sub : nk;
-    for (int r0 = 0; r0 < rows; r0 += RG) {
-      float* ar = acc + r0 * dvp;
-      std::int64_t j = 0;
-      for (; j < blocks; j += CV * W) pv_sub_acc<Arch, RG, CV, VT>(ar + j, dvp, t0 == 0, p + r0, ld_p, v, j, t0, t1);
-      for (; j < dvp; j += W) pv_sub_acc<Arch, RG, 1, VT>(ar + j, dvp, t0 == 0, p + r0, ld_p, v, j, t0, t1);
+    for (int h = 0; h < hs.n; ++h) {
+      for (std::int64_t t = t0; t < t1; ++t) vh[t - t0] = v[t] + h * hs.kv;
+      for (int r0 = 0; r0 < rows; r0 += RG) {
+        float* ar = acc + h * hs.ws + r0 * dvp;
+        const float* pr = p + h * hs.ws + t0 * ld_p + r0;
+        std::int64_t j = 0;
+        for (; j < blocks; j += CV * W) pv_sub_acc<Arch, RG, CV, VT>(ar + j, dvp, t0 == 0, pr, ld_p, vh, j, 0, t1 - t0);
+        for (; j < dvp; j += W) pv_sub_acc<Arch, RG, 1, VT>(ar + j, dvp, t0 == 0, pr, ld_p, vh, j, 0, t1 - t0);
+      }
     }
   }
 }
 
-// pv_rows: O[r][0:dvp] = alpha[r] * O[r] + sum_{t < nk} P[t][r] * V[t][0:dvp] for r < rows.
+// pv_rows: O[r][0:dvp] = alpha[r] * O[r] + sum_{t < nk} P[t][r] * V[t][0:dvp] for r < rows,
+// for each head of `hs`.
 //   O: `rows` rows at o + r * ld_o (aligned, dvp a multiple of W); P: [nk][ld_p] (lanes =
 //   rows); V row t at v[t], readable up to dvp; acc: scratch of rows x dvp floats (aligned).
 // Like pv_tile, the tile's sum starts at zero and joins the running output once (two-level
@@ -243,7 +262,7 @@ inline void pv_rows_by(float* ATTNKIT_RESTRICT acc, const float* ATTNKIT_RESTRIC
 template <class Arch, int RB, class VT>
 inline void pv_rows(float* ATTNKIT_RESTRICT o, std::int64_t ld_o, const float* ATTNKIT_RESTRICT alpha,
                     const float* ATTNKIT_RESTRICT p, std::int64_t ld_p, const VT* const* v, std::int64_t dvp,
-                    std::int64_t nk, int rows, float* ATTNKIT_RESTRICT acc) noexcept {
+                    std::int64_t nk, int rows, float* ATTNKIT_RESTRICT acc, const heads& hs = {}) noexcept {
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
   if (nk <= 0) return;
@@ -256,21 +275,22 @@ inline void pv_rows(float* ATTNKIT_RESTRICT o, std::int64_t ld_o, const float* A
   if constexpr (W == 16) {
     done = true;
     switch (dvp / W) {
-      case 1: pv_rows_by<Arch, RG4, 1, VT>(acc, p, ld_p, v, dvp, nk, rows); break;
-      case 2: pv_rows_by<Arch, RG4, 2, VT>(acc, p, ld_p, v, dvp, nk, rows); break;
-      case 4: pv_rows_by<Arch, RG4, 4, VT>(acc, p, ld_p, v, dvp, nk, rows); break;
-      case 8: pv_rows_by<Arch, (RB < 2 ? RB : 2), 8, VT>(acc, p, ld_p, v, dvp, nk, rows); break;
+      case 1: pv_rows_by<Arch, RG4, 1, VT>(acc, p, ld_p, v, dvp, nk, rows, hs); break;
+      case 2: pv_rows_by<Arch, RG4, 2, VT>(acc, p, ld_p, v, dvp, nk, rows, hs); break;
+      case 4: pv_rows_by<Arch, RG4, 4, VT>(acc, p, ld_p, v, dvp, nk, rows, hs); break;
+      case 8: pv_rows_by<Arch, (RB < 2 ? RB : 2), 8, VT>(acc, p, ld_p, v, dvp, nk, rows, hs); break;
       default: done = false;
     }
   }
-  if (!done) pv_rows_by<Arch, RB, (regs / RB > 4 ? 4 : regs / RB), VT>(acc, p, ld_p, v, dvp, nk, rows);
-  for (int r = 0; r < rows; ++r) {
-    const B a(alpha[r]);
-    for (std::int64_t j = 0; j < dvp; j += W) {
-      float* op = o + r * ld_o + j;
-      xsimd::fma(B::load_aligned(op), a, B::load_aligned(acc + r * dvp + j)).store_aligned(op);
+  if (!done) pv_rows_by<Arch, RB, (regs / RB > 4 ? 4 : regs / RB), VT>(acc, p, ld_p, v, dvp, nk, rows, hs);
+  for (int h = 0; h < hs.n; ++h)
+    for (int r = 0; r < rows; ++r) {
+      const B a(alpha[h * hs.ws + r]);
+      for (std::int64_t j = 0; j < dvp; j += W) {
+        float* op = o + h * hs.ws + r * ld_o + j;
+        xsimd::fma(B::load_aligned(op), a, B::load_aligned(acc + h * hs.ws + r * dvp + j)).store_aligned(op);
+      }
     }
-  }
 }
 
 }  // namespace kernels
