@@ -47,6 +47,7 @@ struct decode_plan {
   // 0.72 vs 0.55 x the streaming sum (fp32, 2 threads, synthetic driver).
   static constexpr std::int64_t bk_stream = 256;
   static constexpr std::int64_t bk_max = bk_stream > bk ? bk_stream : bk;
+  static constexpr std::int64_t max_ahead = 64;  // rows prefetched past a tile (kernels::ahead)
 
   static constexpr std::int64_t max_members = 16;
 
@@ -209,7 +210,7 @@ struct decode_runner {
     int rows = 0, rp = 0;
     bool compact = false, packed = false, stream = false;
     std::int64_t ld_s = 0, p0 = 0, p1 = 0, kv_len = 0, k0 = 0, bk = 0;
-    std::int64_t tk0 = 0, nk = 0;  // the tile of the current step
+    std::int64_t tk0 = 0, nk = 0, after = 0;  // the tile of the current step; keys of its range after it
     bool all_full = true;
     int ri = 0;
     key_ranges ranges;
@@ -285,8 +286,9 @@ struct decode_runner {
           R.template pack<lanes>(c, rp, ld_s, bk, qr, o, st, m, l);
           packed = true;
         }
+        after = ranges.r[ri].end - k1;
         // Gathered tiles are copied before they are read: ask for the next one now.
-        const std::int64_t next_n = ranges.r[ri].end - k1 < bk ? ranges.r[ri].end - k1 : bk;
+        const std::int64_t next_n = after < bk ? after : bk;
         if (!stream && next_n > 0) {
           krows.prefetch(k1, next_n, D);
           vrows.prefetch(k1, next_n, DV);
@@ -297,6 +299,16 @@ struct decode_runner {
     }
 
     // hs: the heads taken together (only when streaming; else one).
+    // The tile's rows and those the kernels prefetch after it (Note [Prefetch ahead] in
+    // micro_rows.hpp), for rows of `row_bytes`.
+    kernels::ahead prefetch_plan(std::int64_t row_bytes) const noexcept {
+      kernels::ahead pf;
+      pf.dist = kernels::ahead::distance(row_bytes);
+      pf.n = nk + (after < pf.dist ? after : pf.dist);
+      pf.bytes = row_bytes;
+      return pf;
+    }
+
     void qk_keys(const decode_runner& R, const kernels::heads& hs) noexcept {
       const std::int64_t D = R.a.qk_dim, dp = R.plan.dp;
       std::int64_t ldk = 0;
@@ -304,10 +316,11 @@ struct decode_runner {
         const float* kt = krows.tile<Arch>(tk0, nk, D, kbuf, D, false, ldk);
         kernels::qk_block<Arch, NV>(qr, BQ, kt, ldk, D, nk, st, BQ);
       } else {
-        const KV* kp[decode_plan<Arch>::bk_max];
+        const KV* kp[decode_plan<Arch>::bk_max + decode_plan<Arch>::max_ahead];
         if (stream) {  // in place, any storage, pages too
-          krows.row_ptrs<KV>(tk0, nk, kp);
-          kernels::qk_rows<Arch, RB>(qr, dp, kp, dp, nk, rp, st, ld_s, hs);
+          const kernels::ahead pf = prefetch_plan(dp * std::int64_t(sizeof(KV)));
+          krows.row_ptrs<KV>(tk0, pf.n, kp);
+          kernels::qk_rows<Arch, RB>(qr, dp, kp, dp, nk, rp, st, ld_s, hs, pf);
         } else {
           const float* kt = krows.tile<Arch>(tk0, nk, D, kbuf, dp, true, ldk);
           const float* kf[decode_plan<Arch>::bk];
@@ -345,9 +358,10 @@ struct decode_runner {
         const float* vt = vrows.tile<Arch>(tk0, nk, DV, vbuf, DV, false, ldv);
         kernels::pv_block<Arch, NV>(o, BQ, alpha, st, BQ, vt, ldv, DV, nk);
       } else if (stream) {
-        const KV* vp[decode_plan<Arch>::bk_max];
-        vrows.row_ptrs<KV>(tk0, nk, vp);
-        kernels::pv_rows<Arch, RB>(o, dvp, alpha, st, ld_s, vp, dvp, nk, rp, acc, hs);
+        const KV* vp[decode_plan<Arch>::bk_max + decode_plan<Arch>::max_ahead];
+        const kernels::ahead pf = prefetch_plan(dvp * std::int64_t(sizeof(KV)));
+        vrows.row_ptrs<KV>(tk0, pf.n, vp);
+        kernels::pv_rows<Arch, RB>(o, dvp, alpha, st, ld_s, vp, dvp, nk, rp, acc, hs, pf);
       } else {
         const float* vt = vrows.tile<Arch>(tk0, nk, DV, vbuf, dvp, true, ldv);
         const float* vp[decode_plan<Arch>::bk];
