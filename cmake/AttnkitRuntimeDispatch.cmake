@@ -10,6 +10,10 @@
 # and never instantiates a kernel itself; the three generated files do. <target> may be an
 # executable, a library or an OBJECT library, and may be defined in another directory.
 # Works from the build tree (add_subdirectory) and from an installed package.
+#
+# The three files are compiled with -O2 whatever the consumer's build type, so kernels stay
+# optimised in Debug builds; a caller may set ATTNKIT_DISPATCH_OPTIMIZE (e.g. -O1 for a
+# sanitizer build, where -O2 makes these the longest compiles by far) before the call.
 if(CMAKE_VERSION VERSION_LESS 3.18)  # set_source_files_properties(TARGET_DIRECTORY)
   message(FATAL_ERROR "attnkit_enable_runtime_dispatch needs CMake 3.18 or newer")
 endif()
@@ -50,8 +54,12 @@ function(attnkit_enable_runtime_dispatch target)
     configure_file("${_template}" "${_src}" @ONLY)
     target_sources(${target} PRIVATE "${_src}")
     # Kernels stay optimised even in Debug builds of the consumer.
+    set(_opt -O2)
+    if(DEFINED ATTNKIT_DISPATCH_OPTIMIZE)
+      set(_opt "${ATTNKIT_DISPATCH_OPTIMIZE}")
+    endif()
     set_source_files_properties("${_src}" TARGET_DIRECTORY ${target} PROPERTIES
-      COMPILE_OPTIONS "${_flags_${_isa}};-O2")
+      COMPILE_OPTIONS "${_flags_${_isa}};${_opt}")
   endforeach()
   target_compile_definitions(${target} PRIVATE ATTNKIT_RUNTIME_DISPATCH=1)
 endfunction()
