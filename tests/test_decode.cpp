@@ -11,8 +11,10 @@
 // (which widens storage types exactly) and the yardstick read the same values.
 //
 // The decode driver splits each sequence into chunks of decode_plan::chunk(len) =
-// max(256, roundup(ceil(len / 32), 64)) keys visited in tiles of 64; the lengths below sit
-// on both sides of those boundaries (1, 2, 63..65, 255..257, 8192, 10239..10241, ...).
+// max(256, roundup(ceil(len / 32), 64)) keys, visited in tiles on a grid of 256 keys (rows
+// read in place) or of 64 (rows padded or gathered first) and clipped to the chunk; the
+// lengths below sit on both sides of those boundaries (1, 2, 63..65, 255..257, 8192,
+// 10239..10241 (chunks of 320 keys, tiles of 256 and 64 or 192 and 128), ...).
 // Properties: bitwise identical output and lse for 1, 2, 3 and all threads and with a host
 // executor; attention_paged bitwise equal to attention() per sequence; merge_partials of
 // disjoint key ranges equal to one call; a sliding window reads only the window (keys

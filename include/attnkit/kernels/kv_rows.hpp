@@ -91,10 +91,10 @@ struct kv_rows {
     return static_cast<const T*>(seg[s].base) + offset(t, s);
   }
 
-  /// Asks for rows [t0, t0 + n) of `dim` elements to be brought into cache. Decode streams
-  /// the cache tile by tile; fetching the next tile while this one computes keeps the
-  /// memory busy (the hardware prefetcher alone leaves gaps at every switch between the K
-  /// and V streams, and at every page).
+  /// Asks for rows [t0, t0 + n) of `dim` elements to be brought into cache: decode asks for
+  /// the next tile of rows it gathers (padded, or MLA's two-segment keys) before copying
+  /// this one. (Rows read in place are prefetched by the micro-kernels instead, Note
+  /// [Prefetch ahead] in micro_rows.hpp.)
   void prefetch(std::int64_t t0, std::int64_t n, std::int64_t dim) const noexcept {
     const std::int64_t elem = type == dtype::f32 ? 4 : 2;
     for (int s = 0; s < nseg; ++s) {
@@ -112,13 +112,6 @@ struct kv_rows {
   void row_ptrs(std::int64_t t0, std::int64_t n, const T** out) const noexcept {
     const T* b = static_cast<const T*>(seg[0].base);
     for_rows(t0, n, 0, [&](std::int64_t i, std::int64_t off) { out[i] = b + off; });
-  }
-
-  /// Byte addresses of rows [t0, t0 + n) of segment 0 (for prefetching).
-  void row_addrs(std::int64_t t0, std::int64_t n, const void** out) const noexcept {
-    const std::int64_t elem = type == dtype::f32 ? 4 : 2;
-    const char* b = static_cast<const char*>(seg[0].base);
-    for_rows(t0, n, 0, [&](std::int64_t i, std::int64_t off) { out[i] = b + off * elem; });
   }
 
   /// fp32 rows [t0, t0 + n) of `dim` elements: returns the first row and sets `ld` to the
