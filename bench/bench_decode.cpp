@@ -9,7 +9,7 @@
 // threads, so it reaches the machine's read bandwidth (a scalar sum is latency-bound and
 // would understate it).
 //
-// Cases: fp32, bf16 and fp16 K/V; paged fp32 caches in vLLM's [pages, page_size, kv_heads,
+// Cases: fp32, bf16 and fp16 K/V, and bf16 with attention_options::bf16_dot; paged fp32 caches in vLLM's [pages, page_size, kv_heads,
 // dim] layout (the acceptance) and the head-major [pages, kv_heads, page_size, dim] layout,
 // with pages of 16 and 128 rows in shuffled order; 4 query tokens (speculative
 // decoding); a sliding window of 4096 keys (reads only the window); and what a user would
@@ -46,7 +46,7 @@ namespace {
 constexpr std::int64_t hq = 32, hkv = 8, dim = 128, kv_len = 65536;
 constexpr std::int64_t window = 4096;
 
-enum class kind { fp32, bf16, fp16, paged16, paged128, paged16_hnd, paged128_hnd, spec4, window, eigen };
+enum class kind { fp32, bf16, bf16_dot, fp16, paged16, paged128, paged16_hnd, paged128_hnd, spec4, window, eigen };
 
 struct decode_case {
   std::string name, what;
@@ -218,7 +218,9 @@ void run_case(const decode_case& c, std::vector<float>& out, int threads) {
       attnkit::attention(q, kv.first, kv.second, o, attnkit::sliding_window{window}, opt);
       break;
     }
-    case kind::bf16: {
+    case kind::bf16:
+    case kind::bf16_dot: {
+      opt.bf16_dot = c.k == kind::bf16_dot;
       const auto kv = contiguous(d.kb, d.vb);
       attnkit::attention(q, kv.first, kv.second, o, attnkit::causal{}, opt);
       break;
@@ -263,6 +265,7 @@ double error_of(const decode_case& c, const std::vector<float>& out) {
   ref::result r;
   switch (c.k) {
     case kind::bf16:
+    case kind::bf16_dot:
       r = ref::attention(q, attnkit::make_bhsd(d.kb.data(), 1, hkv, kv_len, dim),
                          attnkit::make_bhsd(d.vb.data(), 1, hkv, kv_len, dim), attnkit::causal{});
       break;
@@ -318,6 +321,8 @@ const std::map<std::string, decode_case>& cases() {
     };
     add("BM_decode/fp32", "attention, Lq 1, fp32 K/V", kind::fp32, 1, f32);
     add("BM_decode/bf16", "attention, Lq 1, bf16 K/V", kind::bf16, 1, f32 / 2);
+    add("BM_decode/bf16_dot", "attention, Lq 1, bf16 K/V, bf16_dot (Q and P rounded to bf16, vdpbf16ps)",
+        kind::bf16_dot, 1, f32 / 2);
     add("BM_decode/fp16", "attention, Lq 1, fp16 K/V", kind::fp16, 1, f32 / 2);
     add("BM_decode/paged16", "attention_paged, Lq 1, fp32, pages of 16 (shuffled)", kind::paged16, 1, f32);
     add("BM_decode/paged128", "attention_paged, Lq 1, fp32, pages of 128 (shuffled)", kind::paged128, 1, f32);
@@ -374,6 +379,10 @@ void describe_summary(suite& su, const config& cfg) {
     auto speed = [&r](const char* name) { return r.ms(name) > 0 ? 1.0 / r.ms(name) : 0.0; };
     const double base = speed("BM_decode/fp32");
     acc.at_least("bf16 tokens/s / fp32 tokens/s", base > 0 ? speed("BM_decode/bf16") / base : 0.0, 1.7);
+    acc.line("bf16 with bf16_dot tokens/s / fp32 tokens/s: " +
+             (base > 0 && speed("BM_decode/bf16_dot") > 0 ? fmt("%.3f", speed("BM_decode/bf16_dot") / base)
+                                                          : std::string("n/a")) +
+             " (informational: Q and P rounded to bf16)");
     acc.at_least("paged (page 16) tokens/s / contiguous", base > 0 ? speed("BM_decode/paged16") / base : 0.0, 0.9,
                  "within 10%");
     acc.at_least("paged (page 128) tokens/s / contiguous", base > 0 ? speed("BM_decode/paged128") / base : 0.0, 0.9,
@@ -389,7 +398,7 @@ void define_suite(const config& cfg, suite& su) {
   su.repetitions = 7;
   const double min_time = cfg.quick ? 0.05 : 0.3;
   su.add("BM_stream/sum", bm_stream, cfg.threads)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(min_time);
-  for (const char* name : {"BM_decode/fp32", "BM_decode/bf16", "BM_decode/fp16", "BM_decode/paged16",
+  for (const char* name : {"BM_decode/fp32", "BM_decode/bf16", "BM_decode/bf16_dot", "BM_decode/fp16", "BM_decode/paged16",
                            "BM_decode/paged128", "BM_decode/paged16_hnd", "BM_decode/paged128_hnd", "BM_decode/spec4", "BM_decode/window4096", "BM_eigen/decode"})
     su.add(name, bm_case, *case_of(name), cfg.threads)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(min_time);
 }

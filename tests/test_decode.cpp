@@ -868,3 +868,130 @@ TEST_CASE("merge_partials: learned sinks are not part of the merge", "[decode][m
     }
   CHECK(e <= 2e-6);
 }
+
+// ------------------------------------------------------------------------------------------
+// bf16 products (attention_options::bf16_dot)
+//
+// With bf16_dot the kernels round the scaled Q and the softmax weights P to bf16 (Note [bf16
+// products] in kernels/micro_bf16.hpp). The cases feed Q already on the bf16 grid with a
+// power-of-two scale, so rounding the scaled Q changes nothing and the double reference on
+// the same Q, K and V sees the same scores; what is left is P's rounding, at most 2^-9 of
+// each weight: |out - ref| <= 2^-9 max|v| plus fp32 sums, checked against 2^-8 (inputs in
+// [-1, 1]). A misplaced column, key or row is off by ~0.1. AVX-512 CPUs with BF16 take
+// vdpbf16ps for head dims that are multiples of 32 (64, 128 below), every other case the
+// widening kernels on rounded Q and P.
+
+namespace {
+
+template <class M>
+void check_bf16_dot(sparse_case c, const std::string& isa, const M& mask, const allowed_fn& def) {
+  CAPTURE(c.str(), isa);
+  sparse_run r = make_sparse_inputs(c);
+  round_to(r.q, kv_type::bf16);
+  round_to(r.k, kv_type::bf16);
+  round_to(r.v, kv_type::bf16);
+  r.opts.scale = 0.125f;
+  const stored<bf16> sk(r.k), sv(r.v);
+  const auto ref = attnkit::reference::attention(r.q.cview(), sk.view, sv.view, attnkit::mask_fn(def), r.opts);
+  sparse_run exact = r;
+  r.opts.bf16_dot = true;
+  attnkit::attention(r.q.cview(), sk.view, sv.view, r.out.view, mask, r.opts, r.lse_view(c));
+  attnkit::attention(exact.q.cview(), sk.view, sv.view, exact.out.view, mask, exact.opts, exact.lse_view(c));
+  double err = 0, exact_err = 0, lse_err = 0;
+  index_t lse_bad = 0;
+  for (index_t b = 0; b < c.batch; ++b)
+    for (index_t h = 0; h < c.q_heads; ++h)
+      for (index_t i = 0; i < c.q_len; ++i) {
+        for (index_t d = 0; d < c.dv(); ++d) {
+          err = std::max(err, std::fabs(double(r.out(b, h, i, d)) - ref.o(b, h, i, d)));
+          exact_err = std::max(exact_err, std::fabs(double(exact.out(b, h, i, d)) - ref.o(b, h, i, d)));
+        }
+        if (!c.lse) continue;
+        const double rl = ref.l(b, h, i), l = r.lse(b, h, i);
+        if (std::isinf(rl) || std::isinf(l)) lse_bad += !(rl == l);
+        else lse_err = std::max(lse_err, std::fabs(l - rl) / std::max(1.0, std::fabs(rl)));
+      }
+  INFO("bf16_dot err " << err << ", exact err " << exact_err << ", lse rel err " << lse_err);
+  CHECK(r.out.nonfinite() == 0);
+  CHECK(r.out.touched_outside() == 0);
+  CHECK(err <= 1.0 / 256);
+  CHECK(exact_err <= 1e-4);
+  CHECK(lse_bad == 0);
+  CHECK(lse_err <= 1e-5);
+}
+
+}  // namespace
+
+TEST_CASE("decode: bf16_dot (Q and P rounded to bf16) against the reference", "[decode][dtypes][bf16_dot]") {
+  ATTNKIT_TEST_FOR_EACH_ISA();
+  int i = 0;
+  for (index_t d : {17, 64, 128})
+    for (index_t ratio : {1, 4, 6, 8})
+      for (index_t lq : {1, 3, 16}) {
+        const index_t lk = i % 3 == 0 ? 1 : i % 3 == 1 ? 257 : 700;
+        sparse_case c = make_case(2, 2 * ratio, 2, lq, std::max(lk, lq), d, std::uint32_t(1500 + i), i);
+        switch (i % 3) {
+          case 0:
+            c.what = "no_mask";
+            check_bf16_dot(c, isa, attnkit::no_mask{}, d_all());
+            break;
+          case 1:
+            c.what = "causal";
+            check_bf16_dot(c, isa, attnkit::causal{}, d_causal());
+            break;
+          default:
+            c.what = "streaming";
+            c.sinks = true;
+            check_bf16_dot(c, isa, (attnkit::sliding_window{100} | attnkit::sink_tokens{4}) & attnkit::causal{},
+                           d_streaming(100, 4));
+        }
+        ++i;
+      }
+}
+
+TEST_CASE("decode: bf16_dot changes the result (P is rounded), and not for fp32 K/V", "[decode][dtypes][bf16_dot]") {
+  ATTNKIT_TEST_FOR_EACH_ISA();
+  sparse_case c = make_case(1, 8, 2, 1, 1000, 128, 1600);
+  sparse_run a = run_decode(c, kv_type::bf16, attnkit::no_mask{});
+  c.what = "bf16_dot";
+  sparse_run b = make_sparse_inputs(c);
+  round_to(b.k, kv_type::bf16);
+  round_to(b.v, kv_type::bf16);
+  b.opts.bf16_dot = true;
+  with_kv(kv_type::bf16, b.k, b.v, [&](const auto& k, const auto& v) {
+    attnkit::attention(b.q.cview(), k, v, b.out.view, attnkit::no_mask{}, b.opts, b.lse_view(c));
+  });
+  CHECK(a.out.max_abs_diff(b.out) > 1e-7);
+  CHECK(a.out.max_abs_diff(b.out) < 1e-2);
+  sparse_run f = run_decode(c, kv_type::f32, attnkit::no_mask{});
+  sparse_run g = make_sparse_inputs(c);
+  g.opts.bf16_dot = true;
+  attnkit::attention(g.q.cview(), g.k.cview(), g.v.cview(), g.out.view, attnkit::no_mask{}, g.opts, g.lse_view(c));
+  CHECK(f.out.same_bits(g.out));
+}
+
+TEST_CASE("decode: bf16_dot is bitwise identical for 1, 2, 3 threads, and paged equals contiguous",
+          "[decode][paged][threads][bf16_dot]") {
+  ATTNKIT_TEST_FOR_EACH_ISA();
+  for (index_t d : {32, 128}) {
+    paged_problem p({3000, 17, 0, 4100}, 8, 2, 3, d, d, 16, kv_type::bf16, d == 128, std::uint32_t(1700 + d), true);
+    p.opts.bf16_dot = true;
+    tensor one(p.B, p.Hq, p.Lq, p.Dv), cont(p.B, p.Hq, p.Lq, p.Dv);
+    lse_buffer lone(p.B, p.Hq, p.Lq, 1), lcont(p.B, p.Hq, p.Lq, 1);
+    p.opts.num_threads = 1;
+    p.run_paged(attnkit::causal{}, one.view, lone.view);
+    p.run_contiguous(attnkit::causal{}, cont.view, lcont.view);
+    CHECK(one.same_bits(cont));
+    CHECK(std::memcmp(lcont.buf.data(), lone.buf.data(), lone.buf.size() * sizeof(float)) == 0);
+    CHECK(one.nonfinite() == 0);
+    for (int n : {2, 3}) {
+      CAPTURE(d, n);
+      p.opts.num_threads = n;
+      tensor out(p.B, p.Hq, p.Lq, p.Dv);
+      lse_buffer lse(p.B, p.Hq, p.Lq, 1);
+      p.run_paged(attnkit::causal{}, out.view, lse.view);
+      CHECK(out.same_bits(one));
+      CHECK(std::memcmp(lse.buf.data(), lone.buf.data(), lse.buf.size() * sizeof(float)) == 0);
+    }
+  }
+}

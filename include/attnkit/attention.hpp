@@ -81,6 +81,7 @@ dense_args dense_args_of(const tensor_view<TQ>& q, const tensor_view<TK>& k, con
   a.scale = p.scale;
   a.softcap = options.softcap;
   a.sinks = options.sink_logits.data;
+  a.bf16_dot = options.bf16_dot;
   a.num_threads = options.num_threads;
   a.exec = options.exec;
   return a;

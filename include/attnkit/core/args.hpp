@@ -42,6 +42,7 @@ struct dense_args {
   float scale = 1.f;    // already resolved (never 0)
   float softcap = 0.f;  // 0 = off
   const float* sinks = nullptr;  // optional learned sink logit per query head
+  bool bf16_dot = false;  // attention_options::bf16_dot
   int num_threads = 0;
   executor exec = {};
   int kv_block = 0;  // keys per tile; 0 = default (a tuning knob for benchmarks)

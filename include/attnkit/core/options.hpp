@@ -39,6 +39,13 @@ struct attention_options {
   /// out = sum_j exp(s_j) v_j / (exp(sink) + sum_j exp(s_j)); lse includes it. Same units as
   /// the scaled scores.
   float_span sink_logits = {};
+  /// bf16 K/V in decode (Lq <= 16): multiply in bf16, as GPU flash-attention kernels and
+  /// ggml do. Q (scaled) and the softmax weights are rounded to bf16 (8 significant bits),
+  /// products are exact and sums fp32; with AVX-512 BF16 (vdpbf16ps) that is half the
+  /// arithmetic of widening K/V to fp32, elsewhere the same rounding with fp32 FMAs. Off:
+  /// every product in fp32 on the stored K/V (exact against the double reference). Ignored
+  /// for fp32 and fp16 K/V and by the prefill path.
+  bool bf16_dot = false;
 };
 
 }  // namespace attnkit

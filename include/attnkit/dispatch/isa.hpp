@@ -64,6 +64,23 @@ inline isa detect_isa() noexcept {
 #endif
 }
 
+/// Whether the CPU and OS run AVX-512 BF16 (vdpbf16ps): decode's bf16 products
+/// (attention_options::bf16_dot) use it, and round to bf16 with fp32 FMAs elsewhere.
+inline bool detect_avx512_bf16() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  if (detect_isa() != isa::avx512) return false;
+  unsigned a, b, c, d;
+  return __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5));
+#else
+  return false;
+#endif
+}
+
+inline bool has_avx512_bf16() noexcept {
+  static const bool yes = detect_avx512_bf16();
+  return yes;
+}
+
 inline isa env_cap(isa best) noexcept {
   const char* e = std::getenv("ATTNKIT_ISA");
   if (!e) return best;

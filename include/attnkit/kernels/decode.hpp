@@ -24,9 +24,11 @@
 #include <cstdint>
 #include <limits>
 
+#include "../dispatch/isa.hpp"
 #include "dense.hpp"
 #include "kv_rows.hpp"
 #include "merge.hpp"
+#include "micro_bf16.hpp"
 #include "micro_rows.hpp"
 
 namespace attnkit {
@@ -209,6 +211,9 @@ struct decode_runner {
           *kbuf = nullptr, *vbuf = nullptr;
     int rows = 0, rp = 0;
     bool compact = false, packed = false, stream = false;
+    // bf16 products (attention_options::bf16_dot, Note [bf16 products] in micro_bf16.hpp):
+    // Q and P rounded to bf16; `dot_native`: by vdpbf16ps, with Q as bf16 bits in kbuf.
+    bool dot = false, dot_native = false;
     std::int64_t ld_s = 0, p0 = 0, p1 = 0, kv_len = 0, k0 = 0, bk = 0;
     std::int64_t tk0 = 0, nk = 0, after = 0;  // the tile of the current step; keys of its range after it
     bool all_full = true;
@@ -255,6 +260,21 @@ struct decode_runner {
       // come in long tiles; rows gathered into kbuf/vbuf in tiles of the grid.
       stream = !lanes && a.qk_dim == dp && a.v_dim == dvp && krows.nseg == 1;
       bk = stream ? decode_plan<Arch>::bk_stream : R.plan.bk;
+      dot = a.bf16_dot && a.kv_type == dtype::bf16;
+#if ATTNKIT_HAS_BF16_DOT
+      dot_native = dot && W == 16 && std::is_same<KV, bf16>::value && stream && dp % 32 == 0 && dvp % 32 == 0 &&
+                   rp <= 64 && has_avx512_bf16();
+#endif
+    }
+
+    // bf16 products: Q rounded to bf16 where the kernels read it (and as bits for vdpbf16ps).
+    void round_q(const decode_runner& R) noexcept {
+      const std::int64_t dp = R.plan.dp, n = lanes ? R.a.qk_dim * BQ : std::int64_t(rp) * dp;
+      for (std::int64_t i = 0; i < n; ++i) qr[i] = kernels::bf16_round(qr[i]);
+      if (dot_native) {
+        auto* qb = reinterpret_cast<std::uint16_t*>(kbuf);
+        for (std::int64_t i = 0; i < n; ++i) qb[i] = std::uint16_t(kernels::bf16_round_bits(qr[i]));
+      }
     }
 
     // A step: next_tile() finds the next tile that any row sees (false when none is left),
@@ -284,6 +304,7 @@ struct decode_runner {
         if (!any) continue;
         if (!packed) {  // only units that see a key pay for packing
           R.template pack<lanes>(c, rp, ld_s, bk, qr, o, st, m, l);
+          if (dot) round_q(R);
           packed = true;
         }
         after = ranges.r[ri].end - k1;
@@ -320,6 +341,14 @@ struct decode_runner {
         if (stream) {  // in place, any storage, pages too
           const kernels::ahead pf = prefetch_plan(dp * std::int64_t(sizeof(KV)));
           krows.row_ptrs<KV>(tk0, pf.n, kp);
+#if ATTNKIT_HAS_BF16_DOT
+          if constexpr (W == 16 && std::is_same<KV, bf16>::value)
+            if (dot_native) {
+              kernels::qk_rows_bf16<Arch, RB>(reinterpret_cast<const std::uint16_t*>(kbuf), dp, kp, dp, nk, rp, st,
+                                              ld_s, hs, pf);
+              return;
+            }
+#endif
           kernels::qk_rows<Arch, RB>(qr, dp, kp, dp, nk, rp, st, ld_s, hs, pf);
         } else {
           const float* kt = krows.tile<Arch>(tk0, nk, D, kbuf, dp, true, ldk);
@@ -347,6 +376,10 @@ struct decode_runner {
         kernels::online_softmax_rows<Arch>(st, nk, rp, m, l, alpha);
       else
         kernels::online_softmax<Arch, NV>(st, ld_s, nk, m, l, alpha);
+      // bf16 products: P.V multiplies bf16 weights (the sums l keep fp32 weights, as GPU
+      // flash attention does); the native kernel rounds as it packs them.
+      if (dot && !dot_native)
+        for (std::int64_t i = 0; i < nk * ld_s; ++i) st[i] = kernels::bf16_round(st[i]);
     }
 
     // Last part of the step that next_tile() found: O = alpha O + P V over the tile.
@@ -361,6 +394,13 @@ struct decode_runner {
         const KV* vp[decode_plan<Arch>::bk_max + decode_plan<Arch>::max_ahead];
         const kernels::ahead pf = prefetch_plan(dvp * std::int64_t(sizeof(KV)));
         vrows.row_ptrs<KV>(tk0, pf.n, vp);
+#if ATTNKIT_HAS_BF16_DOT
+        if constexpr (W == 16 && std::is_same<KV, bf16>::value)
+          if (dot_native) {
+            kernels::pv_rows_bf16<Arch>(o, dvp, alpha, st, ld_s, vp, dvp, nk, rp, acc, hs, pf);
+            return;
+          }
+#endif
         kernels::pv_rows<Arch, RB>(o, dvp, alpha, st, ld_s, vp, dvp, nk, rp, acc, hs, pf);
       } else {
         const float* vt = vrows.tile<Arch>(tk0, nk, DV, vbuf, dvp, true, ldv);

@@ -1,0 +1,210 @@
+// Micro-kernels of decode's bf16 products (attention_options::bf16_dot): AVX-512 BF16's
+// vdpbf16ps multiplies 32 bf16 pairs into 16 fp32 sums per instruction, twice the products
+// of an fp32 FMA, with Q and the softmax weights rounded to bf16 (K and V are bf16 already).
+//
+// Note [bf16 products]: widening bf16 K/V to fp32 (micro_rows.hpp) keeps every product
+// exact but costs the arithmetic of an fp32 cache: 64 zmm FMAs per key and KV head for 4
+// query heads of dim 128. On the Zen 4 machine of the benchmarks the FP pipes run ~1.3-1.8 G
+// zmm FMAs per second per core, so that arithmetic alone takes as long as reading the bf16
+// cache at ~30 GB/s: bf16 decode was bound by arithmetic, not by the bytes it saved. With
+// vdpbf16ps the same key takes 16 instructions for Q.K^T and 16 for P.V.
+// The rounding is the one GPU flash-attention kernels and ggml make for 16-bit caches: Q
+// and P carry 8 significant bits, products are exact in fp32, sums are fp32. Where the CPU
+// has no AVX-512 BF16 (or the head dims are not multiples of 32) the decode driver rounds Q
+// and P to bf16 and uses the widening kernels, so every CPU computes the same products
+// (sums may differ in order, as between ISAs anyway).
+//
+// Layouts: Q rows are bf16 bits [rows][dp] (dp a multiple of 32, zero-padded). In P.V a
+// vector holds one column chunk of two keys interleaved (vpunpcklwd/hwd of rows t and t+1),
+// so its sums come out in a fixed permutation of the columns within each 32-column chunk
+// (`lo`: columns 8i..8i+3, `hi`: 8i+4..8i+7 of 128-bit block i); the P.V sums are kept in
+// that order in the scratch and put back in column order when they join the output.
+#pragma once
+
+#include <cstdint>
+
+#include "../simd/simd.hpp"
+#include "micro_rows.hpp"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && XSIMD_WITH_AVX512F
+#define ATTNKIT_HAS_BF16_DOT 1
+#define ATTNKIT_TARGET_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#else
+#define ATTNKIT_HAS_BF16_DOT 0
+#endif
+
+namespace attnkit {
+inline namespace ATTNKIT_ISA_NS {
+namespace kernels {
+
+/// bf16 bits of x, rounded to nearest even (x finite: softmax weights and scaled queries).
+ATTNKIT_ALWAYS_INLINE std::uint32_t bf16_round_bits(float x) noexcept {
+  std::uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+/// x rounded to the nearest bf16 value, as a float.
+ATTNKIT_ALWAYS_INLINE float bf16_round(float x) noexcept {
+  const std::uint32_t u = bf16_round_bits(x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+#if ATTNKIT_HAS_BF16_DOT
+
+// qk_rows_bf16: qk_rows (micro_rows.hpp) with bf16 Q rows (bits, q + r * ld_q, zero-padded
+// to dp, a multiple of 32) and vdpbf16ps; the same key order, prefetches and St layout.
+template <class Arch, int RB>
+ATTNKIT_TARGET_BF16 void qk_rows_bf16(const std::uint16_t* ATTNKIT_RESTRICT q, std::int64_t ld_q,
+                                      const bf16* const* k, std::int64_t dp, std::int64_t nk, int rows,
+                                      float* ATTNKIT_RESTRICT st, std::int64_t ld_s, const heads& hs,
+                                      const ahead& pf) noexcept {
+  using B = simd::vfloat<Arch>;
+  constexpr int W = 16;
+  static_assert(B::size == W, "AVX-512 only");
+  constexpr int KB = W / RB;
+  alignas(64) float tmp[W];
+  for (std::int64_t t0 = 0; t0 < nk; t0 += KB) {
+    const int kn = nk - t0 < KB ? int(nk - t0) : KB;
+    for (int h = 0; h < hs.n; ++h) {
+      const bf16* kp[KB];
+      for (int j = 0; j < KB; ++j) kp[j] = k[t0 + (j < kn ? j : kn - 1)] + h * hs.kv;
+      for (int r0 = 0; r0 < rows; r0 += RB) {
+        // Each member's bf16 Q lies at the same place in its scratch: hs.ws floats apart.
+        const std::uint16_t* qb = q + 2 * h * hs.ws + r0 * ld_q;
+        float* sb = st + h * hs.ws + r0;
+        B acc[W];
+        for (int j = 0; j < KB; ++j) {
+          if (r0 == 0 && j < kn && t0 + j + pf.dist < pf.n) prefetch_l2(k[t0 + j + pf.dist] + h * hs.kv, pf.bytes);
+          __m512 a[RB];
+          for (int r = 0; r < RB; ++r) a[r] = _mm512_setzero_ps();
+          for (std::int64_t d = 0; d < dp; d += 2 * W) {
+            const __m512bh kv = (__m512bh)_mm512_loadu_si512(kp[j] + d);
+            for (int r = 0; r < RB; ++r)
+              a[r] = _mm512_dpbf16_ps(a[r], (__m512bh)_mm512_load_si512(qb + r * ld_q + d), kv);
+          }
+          for (int r = 0; r < RB; ++r) acc[j * RB + r] = B(a[r]);
+        }
+        const B s = hsum_rows<Arch>(acc);
+        if (RB == W || (ld_s == RB && kn == KB)) {
+          s.store_unaligned(sb + t0 * ld_s);
+        } else {
+          s.store_aligned(tmp);
+          for (int j = 0; j < kn; ++j) std::memcpy(sb + (t0 + j) * ld_s, tmp + j * RB, RB * sizeof(float));
+        }
+      }
+    }
+  }
+}
+
+// One P.V sub-tile for RG rows and CC column chunks of 32 from chunk c0: acc (permuted
+// layout, rows ld_acc apart; from zero when `zero`) += sum over the key pairs of the
+// sub-tile. pp[i * ld_pp + r]: the bf16 weights of row r for keys 2i (low half) and 2i + 1;
+// vr[2i], vr[2i + 1]: the pair's V rows (the second may be null: a lone last key).
+template <int RG, int CC>
+ATTNKIT_TARGET_BF16 ATTNKIT_ALWAYS_INLINE void pv_pairs_acc(float* ATTNKIT_RESTRICT acc, std::int64_t ld_acc, bool zero,
+                                                           const std::uint32_t* pp, int ld_pp, const bf16* const* vr,
+                                                           int pairs, std::int64_t c0) noexcept {
+  __m512 s[RG][2 * CC];
+  for (int r = 0; r < RG; ++r)
+    for (int x = 0; x < 2 * CC; ++x)
+      s[r][x] = zero ? _mm512_setzero_ps() : _mm512_load_ps(acc + r * ld_acc + (c0 * 2 + x) * 16);
+  for (int i = 0; i < pairs; ++i) {
+    __m512i lo[CC], hi[CC];
+    for (int c = 0; c < CC; ++c) {
+      const __m512i a = _mm512_loadu_si512(vr[2 * i] + (c0 + c) * 32);
+      const __m512i b = vr[2 * i + 1] ? _mm512_loadu_si512(vr[2 * i + 1] + (c0 + c) * 32) : _mm512_setzero_si512();
+      lo[c] = _mm512_unpacklo_epi16(a, b);
+      hi[c] = _mm512_unpackhi_epi16(a, b);
+    }
+    for (int r = 0; r < RG; ++r) {
+      const __m512bh p = (__m512bh)_mm512_set1_epi32(int(pp[i * ld_pp + r]));
+      for (int c = 0; c < CC; ++c) {
+        s[r][2 * c] = _mm512_dpbf16_ps(s[r][2 * c], (__m512bh)lo[c], p);
+        s[r][2 * c + 1] = _mm512_dpbf16_ps(s[r][2 * c + 1], (__m512bh)hi[c], p);
+      }
+    }
+  }
+  for (int r = 0; r < RG; ++r)
+    for (int x = 0; x < 2 * CC; ++x) _mm512_store_ps(acc + r * ld_acc + (c0 * 2 + x) * 16, s[r][x]);
+}
+
+// pv_rows_bf16: pv_rows (micro_rows.hpp) with the weights rounded to bf16 and vdpbf16ps:
+// O[r] = alpha[r] O[r] + sum_t P[t][r] V[t] for r < rows, dvp a multiple of 32, P as
+// [nk][ld_p] floats (rounded here), the same sub-tiles, heads and prefetches.
+template <class Arch>
+ATTNKIT_TARGET_BF16 void pv_rows_bf16(float* ATTNKIT_RESTRICT o, std::int64_t ld_o, const float* ATTNKIT_RESTRICT alpha,
+                                      const float* ATTNKIT_RESTRICT p, std::int64_t ld_p, const bf16* const* v,
+                                      std::int64_t dvp, std::int64_t nk, int rows, float* ATTNKIT_RESTRICT acc,
+                                      const heads& hs, const ahead& pf) noexcept {
+  if (nk <= 0) return;
+  constexpr int RG = 4, CC = 2;  // 16 sums, 4 loaded and 4 interleaved chunks in registers
+  const std::int64_t chunks = dvp / 32;
+  constexpr int max_rows = 64;
+  std::uint32_t pp[pv_sub / 2 * max_rows];
+  const bf16* vh[pv_sub];
+  for (std::int64_t t0 = 0; t0 < nk; t0 += pv_sub) {
+    const int n = int(nk - t0 < pv_sub ? nk - t0 : pv_sub), pairs = (n + 1) / 2;
+    for (int h = 0; h < hs.n; ++h) {
+      for (int t = 0; t < n; ++t) {
+        vh[t] = v[t0 + t] + h * hs.kv;
+        if (t0 + t + pf.dist < pf.n) prefetch_l2(v[t0 + t + pf.dist] + h * hs.kv, pf.bytes);
+      }
+      if (n & 1) vh[n] = nullptr;
+      const float* ph = p + h * hs.ws + t0 * ld_p;
+      for (int i = 0; i < pairs; ++i)
+        for (int r = 0; r < rows; ++r) {
+          const std::uint32_t b = 2 * i + 1 < n ? bf16_round_bits(ph[(2 * i + 1) * ld_p + r]) : 0u;
+          pp[i * rows + r] = bf16_round_bits(ph[2 * i * ld_p + r]) | (b << 16);
+        }
+      float* ah = acc + h * hs.ws;
+      for (int r0 = 0; r0 < rows; r0 += RG) {
+        const int rg = rows - r0 < RG ? rows - r0 : RG;
+        float* ar = ah + r0 * dvp;
+        const std::uint32_t* pr = pp + r0;
+        std::int64_t c = 0;
+        for (; c + CC <= chunks; c += CC) {
+          switch (rg) {
+            case 1: pv_pairs_acc<1, CC>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
+            case 2: pv_pairs_acc<2, CC>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
+            case 3: pv_pairs_acc<3, CC>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
+            default: pv_pairs_acc<4, CC>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
+          }
+        }
+        for (; c < chunks; ++c) {
+          switch (rg) {
+            case 1: pv_pairs_acc<1, 1>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
+            case 2: pv_pairs_acc<2, 1>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
+            case 3: pv_pairs_acc<3, 1>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
+            default: pv_pairs_acc<4, 1>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
+          }
+        }
+      }
+    }
+  }
+  // Sums back in column order (the layout note above) as they join the output.
+  alignas(64) static constexpr std::int32_t first[16] = {0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23};
+  alignas(64) static constexpr std::int32_t second[16] = {8,  9,  10, 11, 24, 25, 26, 27,
+                                                          12, 13, 14, 15, 28, 29, 30, 31};
+  const __m512i i0 = _mm512_load_si512(first), i1 = _mm512_load_si512(second);
+  for (int h = 0; h < hs.n; ++h)
+    for (int r = 0; r < rows; ++r) {
+      const __m512 a = _mm512_set1_ps(alpha[h * hs.ws + r]);
+      const float* ar = acc + h * hs.ws + r * dvp;
+      float* orow = o + h * hs.ws + r * ld_o;
+      for (std::int64_t c = 0; c < dvp; c += 32) {
+        const __m512 lo = _mm512_load_ps(ar + c), hi = _mm512_load_ps(ar + c + 16);
+        _mm512_store_ps(orow + c, _mm512_fmadd_ps(_mm512_load_ps(orow + c), a, _mm512_permutex2var_ps(lo, i0, hi)));
+        _mm512_store_ps(orow + c + 16,
+                        _mm512_fmadd_ps(_mm512_load_ps(orow + c + 16), a, _mm512_permutex2var_ps(lo, i1, hi)));
+      }
+    }
+}
+
+#endif  // ATTNKIT_HAS_BF16_DOT
+
+}  // namespace kernels
+}  // namespace ATTNKIT_ISA_NS
+}  // namespace attnkit
