@@ -678,11 +678,11 @@ TEST_CASE("paged: fp16 pools, GQA 1..8, head dims 1 and 128, a single sequence",
     }
 }
 
-TEST_CASE("paged: bitwise identical for 1, 2 and 3 threads", "[decode][paged][threads]") {
-  ATTNKIT_TEST_FOR_EACH_ISA();
-  paged_problem p({3000, 17, 0, 4100}, 8, 2, 3, 32, 32, 16, kv_type::bf16, true, 1400, true);
-  tensor one(p.B, p.Hq, p.Lq, p.Dv);
-  lse_buffer lone(p.B, p.Hq, p.Lq, 1);
+namespace {
+
+/// attention_paged(causal) on 1 thread into `one` and `lone`, then on 2 and 3 threads:
+/// out and lse bitwise equal to the 1-thread run.
+void check_paged_threads(paged_problem& p, tensor& one, lse_buffer& lone) {
   p.opts.num_threads = 1;
   p.run_paged(attnkit::causal{}, one.view, lone.view);
   for (int n : {2, 3}) {
@@ -694,6 +694,16 @@ TEST_CASE("paged: bitwise identical for 1, 2 and 3 threads", "[decode][paged][th
     CHECK(out.same_bits(one));
     CHECK(std::memcmp(lse.buf.data(), lone.buf.data(), lse.buf.size() * sizeof(float)) == 0);
   }
+}
+
+}  // namespace
+
+TEST_CASE("paged: bitwise identical for 1, 2 and 3 threads", "[decode][paged][threads]") {
+  ATTNKIT_TEST_FOR_EACH_ISA();
+  paged_problem p({3000, 17, 0, 4100}, 8, 2, 3, 32, 32, 16, kv_type::bf16, true, 1400, true);
+  tensor one(p.B, p.Hq, p.Lq, p.Dv);
+  lse_buffer lone(p.B, p.Hq, p.Lq, 1);
+  check_paged_threads(p, one, lone);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -976,22 +986,14 @@ TEST_CASE("decode: bf16_dot is bitwise identical for 1, 2, 3 threads, and paged 
   for (index_t d : {32, 128}) {
     paged_problem p({3000, 17, 0, 4100}, 8, 2, 3, d, d, 16, kv_type::bf16, d == 128, std::uint32_t(1700 + d), true);
     p.opts.bf16_dot = true;
+    CAPTURE(d);
     tensor one(p.B, p.Hq, p.Lq, p.Dv), cont(p.B, p.Hq, p.Lq, p.Dv);
     lse_buffer lone(p.B, p.Hq, p.Lq, 1), lcont(p.B, p.Hq, p.Lq, 1);
+    check_paged_threads(p, one, lone);
     p.opts.num_threads = 1;
-    p.run_paged(attnkit::causal{}, one.view, lone.view);
     p.run_contiguous(attnkit::causal{}, cont.view, lcont.view);
     CHECK(one.same_bits(cont));
     CHECK(std::memcmp(lcont.buf.data(), lone.buf.data(), lone.buf.size() * sizeof(float)) == 0);
     CHECK(one.nonfinite() == 0);
-    for (int n : {2, 3}) {
-      CAPTURE(d, n);
-      p.opts.num_threads = n;
-      tensor out(p.B, p.Hq, p.Lq, p.Dv);
-      lse_buffer lse(p.B, p.Hq, p.Lq, 1);
-      p.run_paged(attnkit::causal{}, out.view, lse.view);
-      CHECK(out.same_bits(one));
-      CHECK(std::memcmp(lse.buf.data(), lone.buf.data(), lse.buf.size() * sizeof(float)) == 0);
-    }
   }
 }

@@ -263,7 +263,7 @@ struct decode_runner {
       dot = a.bf16_dot && a.kv_type == dtype::bf16;
 #if ATTNKIT_HAS_BF16_DOT
       dot_native = dot && W == 16 && std::is_same<KV, bf16>::value && stream && dp % 32 == 0 && dvp % 32 == 0 &&
-                   rp <= 64 && has_avx512_bf16();
+                   rp <= kernels::bf16_max_rows && has_avx512_bf16();
 #endif
     }
 
@@ -319,7 +319,6 @@ struct decode_runner {
       return false;
     }
 
-    // hs: the heads taken together (only when streaming; else one).
     // The tile's rows and those the kernels prefetch after it (Note [Prefetch ahead] in
     // micro_rows.hpp), for rows of `row_bytes`.
     kernels::ahead prefetch_plan(std::int64_t row_bytes) const noexcept {
@@ -330,6 +329,7 @@ struct decode_runner {
       return pf;
     }
 
+    // hs: the heads taken together (only when streaming; else one).
     void qk_keys(const decode_runner& R, const kernels::heads& hs) noexcept {
       const std::int64_t D = R.a.qk_dim, dp = R.plan.dp;
       std::int64_t ldk = 0;

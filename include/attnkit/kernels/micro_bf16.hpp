@@ -53,6 +53,9 @@ ATTNKIT_ALWAYS_INLINE float bf16_round(float x) noexcept {
   return f;
 }
 
+/// Rows (query heads x queries of a unit) pv_rows_bf16 packs weights for.
+constexpr int bf16_max_rows = 64;
+
 #if ATTNKIT_HAS_BF16_DOT
 
 // qk_rows_bf16: qk_rows (micro_rows.hpp) with bf16 Q rows (bits, q + r * ld_q, zero-padded
@@ -66,7 +69,6 @@ ATTNKIT_TARGET_BF16 void qk_rows_bf16(const std::uint16_t* ATTNKIT_RESTRICT q, s
   constexpr int W = 16;
   static_assert(B::size == W, "AVX-512 only");
   constexpr int KB = W / RB;
-  alignas(64) float tmp[W];
   for (std::int64_t t0 = 0; t0 < nk; t0 += KB) {
     const int kn = nk - t0 < KB ? int(nk - t0) : KB;
     for (int h = 0; h < hs.n; ++h) {
@@ -88,13 +90,7 @@ ATTNKIT_TARGET_BF16 void qk_rows_bf16(const std::uint16_t* ATTNKIT_RESTRICT q, s
           }
           for (int r = 0; r < RB; ++r) acc[j * RB + r] = B(a[r]);
         }
-        const B s = hsum_rows<Arch>(acc);
-        if (RB == W || (ld_s == RB && kn == KB)) {
-          s.store_unaligned(sb + t0 * ld_s);
-        } else {
-          s.store_aligned(tmp);
-          for (int j = 0; j < kn; ++j) std::memcpy(sb + (t0 + j) * ld_s, tmp + j * RB, RB * sizeof(float));
-        }
+        store_scores<Arch, RB>(hsum_rows<Arch>(acc), sb, t0, kn, ld_s);
       }
     }
   }
@@ -143,8 +139,7 @@ ATTNKIT_TARGET_BF16 void pv_rows_bf16(float* ATTNKIT_RESTRICT o, std::int64_t ld
   if (nk <= 0) return;
   constexpr int RG = 4, CC = 2;  // 16 sums, 4 loaded and 4 interleaved chunks in registers
   const std::int64_t chunks = dvp / 32;
-  constexpr int max_rows = 64;
-  std::uint32_t pp[pv_sub / 2 * max_rows];
+  std::uint32_t pp[pv_sub / 2 * bf16_max_rows];
   const bf16* vh[pv_sub];
   for (std::int64_t t0 = 0; t0 < nk; t0 += pv_sub) {
     const int n = int(nk - t0 < pv_sub ? nk - t0 : pv_sub), pairs = (n + 1) / 2;

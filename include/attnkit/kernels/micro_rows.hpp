@@ -119,6 +119,21 @@ struct ahead {
   }
 };
 
+// Stores the sums of hsum_rows (lane j * RB + r = row r, key t0 + j) into St[t][r] (sb is
+// St at the block's first row), for the kn keys of the block.
+template <class Arch, int RB>
+ATTNKIT_ALWAYS_INLINE void store_scores(const simd::vfloat<Arch>& s, float* sb, std::int64_t t0, int kn,
+                                        std::int64_t ld_s) noexcept {
+  constexpr int W = int(simd::vfloat<Arch>::size), KB = W / RB;
+  if (RB == W || (ld_s == RB && kn == KB)) {  // lanes already in St's order
+    s.store_unaligned(sb + t0 * ld_s);
+  } else {
+    alignas(64) float tmp[W];
+    s.store_aligned(tmp);
+    for (int j = 0; j < kn; ++j) std::memcpy(sb + (t0 + j) * ld_s, tmp + j * RB, RB * sizeof(float));
+  }
+}
+
 // qk_rows: St[t][r] = sum_{d < dp} Q[r][d] * K[t][d] for r < rows, t < nk (Note [Rows read
 // once, in order]), for each head of `hs`.
 //   Q: `rows` rows at q + r * ld_q (aligned, zero-padded to dp, a multiple of W); rows is a
@@ -141,7 +156,6 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT
   // 2 threads, 55 GB/s): fp32 13.7-14.3 ms with one key, 15.7 with 2 or 4; bf16 10.5 ms
   // with one, 10.0 with 2, 9.6 with 4.
   constexpr int P = std::is_same<KT, float>::value ? 1 : KB < 4 ? KB : 4;
-  alignas(64) float tmp[W];
   for (std::int64_t t0 = 0; t0 < nk; t0 += KB) {
     const int kn = nk - t0 < KB ? int(nk - t0) : KB;
     for (int h = 0; h < hs.n; ++h) {
@@ -172,13 +186,7 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT
           for (int x = 0; x < P; ++x)
             for (int r = 0; r < RB; ++r) acc[(j + x) * RB + r] = a[x][r];
         }
-        const B s = hsum_rows<Arch>(acc);  // lane j * RB + r = row r0 + r . key t0 + j
-        if (RB == W || (ld_s == RB && kn == KB)) {  // lanes already in St's order
-          s.store_unaligned(sb + t0 * ld_s);
-        } else {
-          s.store_aligned(tmp);
-          for (int j = 0; j < kn; ++j) std::memcpy(sb + (t0 + j) * ld_s, tmp + j * RB, RB * sizeof(float));
-        }
+        store_scores<Arch, RB>(hsum_rows<Arch>(acc), sb, t0, kn, ld_s);
       }
     }
   }
