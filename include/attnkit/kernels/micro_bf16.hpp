@@ -139,10 +139,11 @@ ATTNKIT_TARGET_BF16 void pv_rows_bf16(float* ATTNKIT_RESTRICT o, std::int64_t ld
   if (nk <= 0) return;
   constexpr int RG = 4, CC = 2;  // 16 sums, 4 loaded and 4 interleaved chunks in registers
   const std::int64_t chunks = dvp / 32;
-  std::uint32_t pp[pv_sub / 2 * bf16_max_rows];
-  const bf16* vh[pv_sub];
-  for (std::int64_t t0 = 0; t0 < nk; t0 += pv_sub) {
-    const int n = int(nk - t0 < pv_sub ? nk - t0 : pv_sub), pairs = (n + 1) / 2;
+  constexpr std::int64_t sub = pv_sub<bf16>;
+  std::uint32_t pp[sub / 2 * bf16_max_rows];
+  const bf16* vh[sub];
+  for (std::int64_t t0 = 0; t0 < nk; t0 += sub) {
+    const int n = int(nk - t0 < sub ? nk - t0 : sub), pairs = (n + 1) / 2;
     for (int h = 0; h < hs.n; ++h) {
       for (int t = 0; t < n; ++t) {
         vh[t] = v[t0 + t] + h * hs.kv;

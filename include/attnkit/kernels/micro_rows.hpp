@@ -18,7 +18,7 @@
 //   - Q.K^T goes key by key (each key's row against every query row; Q comes from L1),
 //     not dimension block by dimension block over several keys at once;
 //   - P.V cannot hold every row's accumulators in registers (4 rows x 128 floats fill all
-//     32 zmm), so it takes the tile in sub-tiles of `pv_sub` keys: every group of rows
+//     32 zmm), so it takes the tile in sub-tiles of `pv_sub` keys (4-8 KiB): every group of rows
 //     passes over a sub-tile while it is in L1, the accumulators waiting in L1 between
 //     sub-tiles; memory sees one pass over the tile.
 // Measured on Zen 4 (fp32, 2 threads, a 512 MiB cache, no software prefetch): a synthetic
@@ -154,7 +154,9 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT
   // one (whole rows in order; Q comes from L1 for every key). 16-bit rows: four, which
   // saves Q loads where widening K already takes issue slots. Measured on Zen 4 (decode,
   // 2 threads, 55 GB/s): fp32 13.7-14.3 ms with one key, 15.7 with 2 or 4; bf16 10.5 ms
-  // with one, 10.0 with 2, 9.6 with 4.
+  // with one, 10.0 with 2, 9.6 with 4. With Note [Loads kept in registers], 4 fp32 keys
+  // run faster in L2 (15.4 -> 10.8 ns per key and head, one core) but slower from memory
+  // (17.7-17.9 vs 16.7-17.2 ms at 36 GB/s).
   constexpr int P = std::is_same<KT, float>::value ? 1 : KB < 4 ? KB : 4;
   for (std::int64_t t0 = 0; t0 < nk; t0 += KB) {
     const int kn = nk - t0 < KB ? int(nk - t0) : KB;
@@ -177,9 +179,13 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT
               prefetch_l2(k[t0 + j + x + pf.dist] + h * hs.kv, pf.bytes);
           for (std::int64_t d = 0; d < dp; d += W) {
             B kv[P];
-            for (int x = 0; x < P; ++x) kv[x] = simd::load_widen<Arch>(kp[j + x] + d);
+            for (int x = 0; x < P; ++x) {
+              kv[x] = simd::load_widen<Arch>(kp[j + x] + d);
+              if (P > 1) simd::keep_in_register<Arch>(kv[x]);  // Note [Loads kept in registers]
+            }
             for (int r = 0; r < RB; ++r) {
-              const B qv = B::load_aligned(qb + r * ld_q + d);
+              B qv = B::load_aligned(qb + r * ld_q + d);
+              if (P > 1) simd::keep_in_register<Arch>(qv);
               for (int x = 0; x < P; ++x) a[x][r] = xsimd::fma(qv, kv[x], a[x][r]);
             }
           }
@@ -281,9 +287,14 @@ inline void online_softmax_rows(float* st, std::int64_t nk, int rp, float* m, fl
   }
 }
 
-/// Keys per P.V sub-tile (Note [Rows read once, in order]): 4 KiB of fp32 rows at head dim
-/// 128, so a sub-tile stays in L1 while every group of rows passes over it.
-constexpr std::int64_t pv_sub = 8;
+/// Keys per P.V sub-tile of rows of type VT (Note [Rows read once, in order]): at head dim
+/// 128, 4 KiB of fp32 rows, 8 KiB of 16-bit rows, so a sub-tile stays in L1 while every
+/// group of rows passes over it. Each sub-tile loads and stores the sums of every row, so
+/// longer is cheaper in L1; measured on Zen 4 (decode, 1 thread, 64Ki keys x 8 KV heads,
+/// with Note [Loads kept in registers]): bf16 33.2 ns per key and KV head at 8 keys, 31.7
+/// at 16, 31.2 at 32, 32.3 at 64; fp32, which waits on memory, measured no better at 32.
+template <class VT>
+constexpr std::int64_t pv_sub = sizeof(VT) == 4 ? 8 : 32;
 
 // pv_rows_by: pv_rows' sums into acc, RG rows per group (dividing `rows`), columns in blocks
 // of CV vectors (whole rows when CV * W = dvp) and single vectors past the last whole block.
@@ -293,10 +304,11 @@ inline void pv_rows_by(float* ATTNKIT_RESTRICT acc, const float* ATTNKIT_RESTRIC
                        const ahead& pf) noexcept {
   constexpr int W = int(simd::vfloat<Arch>::size);
   const std::int64_t blocks = dvp / (CV * W) * (CV * W);
-  const VT* vh[pv_sub];
-  const VT* ph[pv_sub];  // rows to prefetch while the first group of rows reads vh
-  for (std::int64_t t0 = 0; t0 < nk; t0 += pv_sub) {
-    const std::int64_t t1 = t0 + pv_sub < nk ? t0 + pv_sub : nk;
+  constexpr std::int64_t sub = pv_sub<VT>;
+  const VT* vh[sub];
+  const VT* ph[sub];  // rows to prefetch while the first group of rows reads vh
+  for (std::int64_t t0 = 0; t0 < nk; t0 += sub) {
+    const std::int64_t t1 = t0 + sub < nk ? t0 + sub : nk;
     for (int h = 0; h < hs.n; ++h) {
       for (std::int64_t t = t0; t < t1; ++t) {
         vh[t - t0] = v[t] + h * hs.kv;
