@@ -9,8 +9,9 @@
 // threads, so it reaches the machine's read bandwidth (a scalar sum is latency-bound and
 // would understate it).
 //
-// Cases: fp32, bf16 and fp16 K/V, and bf16 with attention_options::bf16_dot; paged fp32 caches in vLLM's [pages, page_size, kv_heads,
-// dim] layout (the acceptance) and the head-major [pages, kv_heads, page_size, dim] layout,
+// Cases: fp32, bf16 and fp16 K/V, and bf16 with attention_options::bf16_dot; paged fp32
+// caches in vLLM's [pages, page_size, kv_heads, dim] layout (the acceptance) and the
+// head-major [pages, kv_heads, page_size, dim] layout,
 // with pages of 16 and 128 rows in shuffled order; 4 query tokens (speculative
 // decoding); a sliding window of 4096 keys (reads only the window); and what a user would
 // write with Eigen (per KV head: scores = K Q_group^T, softmax, V^T P). The cache buffers

@@ -6,8 +6,9 @@
 // exact but costs the arithmetic of an fp32 cache: 64 zmm FMAs per key and KV head for 4
 // query heads of dim 128; vdpbf16ps does the same key in 16 instructions for Q.K^T and 16
 // for P.V. Measured on Zen 4 (4 query rows, d 128, rows in L2, one core): Q.K^T 12 -> 9 ns
-// per key and head, P.V 14 -> 10.5; a whole decode step (65536 keys, 8 KV heads, 2 threads)
-// only 9.7 -> 9.1-9.2 ms, at 35 and at 56 GB/s of memory bandwidth alike.
+// per key and head, P.V 14 -> 10.5; but a whole decode step (65536 keys, 8 KV heads, 2
+// threads, memory at 35-59 GB/s) 9.3-9.8 ms against 9.1-9.7 for the widening kernels since
+// they keep their loads in registers (Note [Loads kept in registers] in simd/simd.hpp).
 // The rounding is the one GPU flash-attention kernels and ggml make for 16-bit caches: Q
 // and P carry 8 significant bits, products are exact in fp32, sums are fp32. Where the CPU
 // has no AVX-512 BF16 (or the head dims are not multiples of 32) the decode driver rounds Q
@@ -128,6 +129,19 @@ ATTNKIT_TARGET_BF16 ATTNKIT_ALWAYS_INLINE void pv_pairs_acc(float* ATTNKIT_RESTR
     for (int x = 0; x < 2 * CC; ++x) _mm512_store_ps(acc + r * ld_acc + (c0 * 2 + x) * 16, s[r][x]);
 }
 
+// pv_pairs_acc for a group of rg (1 to 4) rows.
+template <int CC>
+ATTNKIT_TARGET_BF16 ATTNKIT_ALWAYS_INLINE void pv_pairs_group(int rg, float* ATTNKIT_RESTRICT acc, std::int64_t ld_acc,
+                                                             bool zero, const std::uint32_t* pp, int ld_pp,
+                                                             const bf16* const* vr, int pairs, std::int64_t c0) noexcept {
+  switch (rg) {
+    case 1: pv_pairs_acc<1, CC>(acc, ld_acc, zero, pp, ld_pp, vr, pairs, c0); break;
+    case 2: pv_pairs_acc<2, CC>(acc, ld_acc, zero, pp, ld_pp, vr, pairs, c0); break;
+    case 3: pv_pairs_acc<3, CC>(acc, ld_acc, zero, pp, ld_pp, vr, pairs, c0); break;
+    default: pv_pairs_acc<4, CC>(acc, ld_acc, zero, pp, ld_pp, vr, pairs, c0); break;
+  }
+}
+
 // pv_rows_bf16: pv_rows (micro_rows.hpp) with the weights rounded to bf16 and vdpbf16ps:
 // O[r] = alpha[r] O[r] + sum_t P[t][r] V[t] for r < rows, dvp a multiple of 32, P as
 // [nk][ld_p] floats (rounded here), the same sub-tiles, heads and prefetches.
@@ -162,22 +176,8 @@ ATTNKIT_TARGET_BF16 void pv_rows_bf16(float* ATTNKIT_RESTRICT o, std::int64_t ld
         float* ar = ah + r0 * dvp;
         const std::uint32_t* pr = pp + r0;
         std::int64_t c = 0;
-        for (; c + CC <= chunks; c += CC) {
-          switch (rg) {
-            case 1: pv_pairs_acc<1, CC>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
-            case 2: pv_pairs_acc<2, CC>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
-            case 3: pv_pairs_acc<3, CC>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
-            default: pv_pairs_acc<4, CC>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
-          }
-        }
-        for (; c < chunks; ++c) {
-          switch (rg) {
-            case 1: pv_pairs_acc<1, 1>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
-            case 2: pv_pairs_acc<2, 1>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
-            case 3: pv_pairs_acc<3, 1>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
-            default: pv_pairs_acc<4, 1>(ar, dvp, t0 == 0, pr, rows, vh, pairs, c); break;
-          }
-        }
+        for (; c + CC <= chunks; c += CC) pv_pairs_group<CC>(rg, ar, dvp, t0 == 0, pr, rows, vh, pairs, c);
+        for (; c < chunks; ++c) pv_pairs_group<1>(rg, ar, dvp, t0 == 0, pr, rows, vh, pairs, c);
       }
     }
   }
