@@ -305,6 +305,9 @@ struct decode_runner {
         if (!packed) {  // only units that see a key pay for packing
           R.template pack<lanes>(c, rp, ld_s, bk, qr, o, st, m, l);
           if (dot) round_q(R);
+          // bf16 rows read in place come in pair order (Note [bf16 pairs] in simd/convert.hpp)
+          if (!lanes && stream && !dot_native && kernels::pair_order<Arch, KV>(R.plan.dp))
+            for (int r = 0; r < rp; ++r) kernels::to_pair_order<Arch>(qr + r * R.plan.dp, R.plan.dp);
           packed = true;
         }
         after = ranges.r[ri].end - k1;

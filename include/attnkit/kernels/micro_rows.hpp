@@ -126,6 +126,25 @@ struct ahead {
   }
 };
 
+// Rows of 16-bit type T and length n that the kernels read in pair order (Note [bf16 pairs]
+// in simd/convert.hpp): bf16 rows of whole 2W blocks. The Q rows they multiply must then be
+// in pair order too (to_pair_order), and pv_rows turns its sums back as they join O.
+template <class Arch, class T>
+constexpr bool pair_order(std::int64_t n) noexcept {
+  return std::is_same<T, bf16>::value && n % (2 * std::int64_t(simd::vfloat<Arch>::size)) == 0;
+}
+
+/// x[0, n), n a multiple of 2W: each block of 2W floats as its even elements, then its odd.
+template <class Arch>
+inline void to_pair_order(float* x, std::int64_t n) noexcept {
+  constexpr int W = int(simd::vfloat<Arch>::size);
+  for (std::int64_t b = 0; b < n; b += 2 * W) {
+    float t[2 * W];
+    for (int i = 0; i < W; ++i) t[i] = x[b + 2 * i], t[W + i] = x[b + 2 * i + 1];
+    for (int i = 0; i < 2 * W; ++i) x[b + i] = t[i];
+  }
+}
+
 // Stores the sums of hsum_rows (lane j * RB + r = row r, key t0 + j) into St[t][r] (sb is
 // St at the block's first row), for the kn keys of the block.
 template <class Arch, int RB>
@@ -165,6 +184,7 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT
   // run faster in L2 (15.4 -> 10.8 ns per key and head, one core) but slower from memory
   // (17.7-17.9 vs 16.7-17.2 ms at 36 GB/s).
   constexpr int P = std::is_same<KT, float>::value ? 1 : KB < 4 ? KB : 4;
+  const bool pairs = pair_order<Arch, KT>(dp);
   for (std::int64_t t0 = 0; t0 < nk; t0 += KB) {
     const int kn = nk - t0 < KB ? int(nk - t0) : KB;
     for (int h = 0; h < hs.n; ++h) {
@@ -184,7 +204,22 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT
           for (int x = 0; x < P; ++x)
             if (r0 == 0 && j + x < kn && t0 + j + x + pf.dist < pf.n)
               prefetch_l2(k[t0 + j + x + pf.dist] + h * hs.kv, pf.bytes);
-          for (std::int64_t d = 0; d < dp; d += W) {
+          std::int64_t d = 0;
+          if constexpr (std::is_same<KT, bf16>::value)
+            if (pairs)  // Note [bf16 pairs]: Q is in pair order too
+              for (; d < dp; d += 2 * W) {
+                B ke[P], ko[P];
+                for (int x = 0; x < P; ++x) {
+                  simd::load_widen_pairs<Arch>(kp[j + x] + d, ke[x], ko[x]);
+                  if (P > 1) simd::keep_in_register<Arch>(ke[x]), simd::keep_in_register<Arch>(ko[x]);
+                }
+                for (int r = 0; r < RB; ++r) {
+                  B qe = B::load_aligned(qb + r * ld_q + d), qo = B::load_aligned(qb + r * ld_q + d + W);
+                  if (P > 1) simd::keep_in_register<Arch>(qe), simd::keep_in_register<Arch>(qo);
+                  for (int x = 0; x < P; ++x) a[x][r] = xsimd::fma(qo, ko[x], xsimd::fma(qe, ke[x], a[x][r]));
+                }
+              }
+          for (; d < dp; d += W) {
             B kv[P];
             for (int x = 0; x < P; ++x) {
               kv[x] = simd::load_widen<Arch>(kp[j + x] + d);
@@ -207,7 +242,8 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT
 
 // pv_sub_acc: for RG rows and CV vectors of columns from j0, acc[r][c] (rows of `acc` ld_acc
 // apart, starting at zero when `zero`) += sum_{t0 <= t < t1} P[t][r] * V[t][j0 + c W].
-template <class Arch, int RG, int CV, class VT>
+// Pairs: V in pair order (Note [bf16 pairs]; CV even, j0 on a 2W block), sums too.
+template <class Arch, int RG, int CV, class VT, bool Pairs = false>
 ATTNKIT_ALWAYS_INLINE void pv_sub_acc(float* ATTNKIT_RESTRICT acc_rows, std::int64_t ld_acc, bool zero,
                                       const float* ATTNKIT_RESTRICT p, std::int64_t ld_p, const VT* const* v,
                                       std::int64_t j0, std::int64_t t0, std::int64_t t1,
@@ -221,7 +257,12 @@ ATTNKIT_ALWAYS_INLINE void pv_sub_acc(float* ATTNKIT_RESTRICT acc_rows, std::int
   for (std::int64_t t = t0; t < t1; ++t) {
     if (pf && pf[t]) prefetch_l2(reinterpret_cast<const char*>(pf[t]) + pf_from, pf_bytes);
     B vv[CV];
-    for (int c = 0; c < CV; ++c) vv[c] = simd::load_widen<Arch>(v[t] + j0 + c * W);
+    if constexpr (Pairs) {
+      static_assert(CV % 2 == 0, "pair order reads 2W columns at a time");
+      for (int c = 0; c < CV; c += 2) simd::load_widen_pairs<Arch>(v[t] + j0 + c * W, vv[c], vv[c + 1]);
+    } else {
+      for (int c = 0; c < CV; ++c) vv[c] = simd::load_widen<Arch>(v[t] + j0 + c * W);
+    }
     for (int r = 0; r < RG; ++r) {
       const B pb(p[t * ld_p + r]);
       for (int c = 0; c < CV; ++c) acc[r][c] = xsimd::fma(pb, vv[c], acc[r][c]);
@@ -306,11 +347,13 @@ constexpr std::int64_t pv_sub = sizeof(VT) == 4 ? 8 : 32;
 
 // pv_rows_by: pv_rows' sums into acc, RG rows per group (dividing `rows`), columns in blocks
 // of CV vectors (whole rows when CV * W = dvp) and single vectors past the last whole block.
-template <class Arch, int RG, int CV, class VT>
+template <class Arch, int RG, int CV, class VT, bool Pairs>
 inline void pv_rows_by(float* ATTNKIT_RESTRICT acc, const float* ATTNKIT_RESTRICT p, std::int64_t ld_p,
                        const VT* const* v, std::int64_t dvp, std::int64_t nk, int rows, const heads& hs,
                        const ahead& pf) noexcept {
   constexpr int W = int(simd::vfloat<Arch>::size);
+  static_assert(!Pairs || CV % 2 == 0, "pair order reads 2W columns at a time");
+  constexpr int tail = Pairs ? 2 : 1;  // vectors per step past the last whole block
   const std::int64_t blocks = dvp / (CV * W) * (CV * W);
   constexpr std::int64_t sub = pv_sub<VT>;
   const VT* vh[sub];
@@ -332,14 +375,39 @@ inline void pv_rows_by(float* ATTNKIT_RESTRICT acc, const float* ATTNKIT_RESTRIC
         const VT* const* pfr = pf.dist > 0 && to > from ? ph : nullptr;
         std::int64_t j = 0;
         for (; j < blocks; j += CV * W)
-          pv_sub_acc<Arch, RG, CV, VT>(ar + j, dvp, t0 == 0, pr, ld_p, vh, j, 0, t1 - t0, j == 0 ? pfr : nullptr, from,
-                                       to - from);
-        for (; j < dvp; j += W)
-          pv_sub_acc<Arch, RG, 1, VT>(ar + j, dvp, t0 == 0, pr, ld_p, vh, j, 0, t1 - t0, j == 0 ? pfr : nullptr, from,
-                                      to - from);
+          pv_sub_acc<Arch, RG, CV, VT, Pairs>(ar + j, dvp, t0 == 0, pr, ld_p, vh, j, 0, t1 - t0,
+                                              j == 0 ? pfr : nullptr, from, to - from);
+        for (; j < dvp; j += tail * W)
+          pv_sub_acc<Arch, RG, tail, VT, Pairs>(ar + j, dvp, t0 == 0, pr, ld_p, vh, j, 0, t1 - t0,
+                                                j == 0 ? pfr : nullptr, from, to - from);
       }
     }
   }
+}
+
+// pv_rows_sums: pv_rows' sums of the tile into acc (in pair order when Pairs). Accumulators
+// RG x CV plus a row of CV loads fit the register file (32 zmm, else 16): whole rows for
+// the common head dims (AVX-512: 16, 32, 64, 128 floats; each width is another
+// instantiation), else column blocks of 4 vectors.
+template <class Arch, int RB, class VT, bool Pairs>
+inline void pv_rows_sums(float* ATTNKIT_RESTRICT acc, const float* ATTNKIT_RESTRICT p, std::int64_t ld_p,
+                         const VT* const* v, std::int64_t dvp, std::int64_t nk, int rows, const heads& hs,
+                         const ahead& pf) noexcept {
+  constexpr int W = int(simd::vfloat<Arch>::size);
+  constexpr int regs = W == 16 ? 16 : 8;
+  constexpr int RG4 = RB < 4 ? RB : 4;
+  if constexpr (W == 16) {
+    switch (dvp / W) {
+      case 1:
+        if constexpr (!Pairs) return pv_rows_by<Arch, RG4, 1, VT, false>(acc, p, ld_p, v, dvp, nk, rows, hs, pf);
+        break;
+      case 2: return pv_rows_by<Arch, RG4, 2, VT, Pairs>(acc, p, ld_p, v, dvp, nk, rows, hs, pf);
+      case 4: return pv_rows_by<Arch, RG4, 4, VT, Pairs>(acc, p, ld_p, v, dvp, nk, rows, hs, pf);
+      case 8: return pv_rows_by<Arch, (RB < 2 ? RB : 2), 8, VT, Pairs>(acc, p, ld_p, v, dvp, nk, rows, hs, pf);
+      default: break;
+    }
+  }
+  pv_rows_by<Arch, RB, (regs / RB > 4 ? 4 : regs / RB), VT, Pairs>(acc, p, ld_p, v, dvp, nk, rows, hs, pf);
 }
 
 // pv_rows: O[r][0:dvp] = alpha[r] * O[r] + sum_{t < nk} P[t][r] * V[t][0:dvp] for r < rows,
@@ -357,29 +425,26 @@ inline void pv_rows(float* ATTNKIT_RESTRICT o, std::int64_t ld_o, const float* A
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
   if (nk <= 0) return;
-  // Accumulators RG x CV plus a row of CV loads fit the register file (32 zmm, else 16).
-  // Whole rows for the common head dims (AVX-512: 16, 32, 64, 128 floats; each width is
-  // another instantiation), else column blocks of 4 vectors.
-  constexpr int regs = W == 16 ? 16 : 8;
-  constexpr int RG4 = RB < 4 ? RB : 4;
-  bool done = false;
-  if constexpr (W == 16) {
-    done = true;
-    switch (dvp / W) {
-      case 1: pv_rows_by<Arch, RG4, 1, VT>(acc, p, ld_p, v, dvp, nk, rows, hs, pf); break;
-      case 2: pv_rows_by<Arch, RG4, 2, VT>(acc, p, ld_p, v, dvp, nk, rows, hs, pf); break;
-      case 4: pv_rows_by<Arch, RG4, 4, VT>(acc, p, ld_p, v, dvp, nk, rows, hs, pf); break;
-      case 8: pv_rows_by<Arch, (RB < 2 ? RB : 2), 8, VT>(acc, p, ld_p, v, dvp, nk, rows, hs, pf); break;
-      default: done = false;
-    }
-  }
-  if (!done) pv_rows_by<Arch, RB, (regs / RB > 4 ? 4 : regs / RB), VT>(acc, p, ld_p, v, dvp, nk, rows, hs, pf);
+  const bool pairs = pair_order<Arch, VT>(dvp);
+  if (pairs)  // only ever true for bf16
+    pv_rows_sums<Arch, RB, VT, std::is_same<VT, bf16>::value>(acc, p, ld_p, v, dvp, nk, rows, hs, pf);
+  else
+    pv_rows_sums<Arch, RB, VT, false>(acc, p, ld_p, v, dvp, nk, rows, hs, pf);
   for (int h = 0; h < hs.n; ++h)
     for (int r = 0; r < rows; ++r) {
       const B a(alpha[h * hs.ws + r]);
-      for (std::int64_t j = 0; j < dvp; j += W) {
-        float* op = o + h * hs.ws + r * ld_o + j;
-        xsimd::fma(B::load_aligned(op), a, B::load_aligned(acc + h * hs.ws + r * dvp + j)).store_aligned(op);
+      const float* ar = acc + h * hs.ws + r * dvp;
+      float* orow = o + h * hs.ws + r * ld_o;
+      if (pairs) {  // sums in pair order (Note [bf16 pairs]) back to column order
+        for (std::int64_t j = 0; j < dvp; j += 2 * W) {
+          alignas(64) float t[2 * W];
+          for (int i = 0; i < W; ++i) t[2 * i] = ar[j + i], t[2 * i + 1] = ar[j + W + i];
+          for (int c = 0; c < 2; ++c)
+            xsimd::fma(B::load_aligned(orow + j + c * W), a, B::load_aligned(t + c * W)).store_aligned(orow + j + c * W);
+        }
+      } else {
+        for (std::int64_t j = 0; j < dvp; j += W)
+          xsimd::fma(B::load_aligned(orow + j), a, B::load_aligned(ar + j)).store_aligned(orow + j);
       }
     }
 }
