@@ -163,7 +163,8 @@ ATTNKIT_ALWAYS_INLINE void store_scores(const simd::vfloat<Arch>& s, float* sb, 
 // qk_rows: St[t][r] = sum_{d < dp} Q[r][d] * K[t][d] for r < rows, t < nk (Note [Rows read
 // once, in order]), for each head of `hs`.
 //   Q: `rows` rows at q + r * ld_q (aligned, zero-padded to dp, a multiple of W); rows is a
-//      multiple of RB;
+//      multiple of RB; in pair order (to_pair_order) when pair_order<Arch, KT>(dp), as the
+//      K rows are then widened (Note [bf16 pairs] in simd/convert.hpp);
 //   K row t at k[t] (any address: contiguous or paged), readable up to dp;
 //   St: [nk][ld_s], only lanes [0, rows) written.
 // Each dot product sums its dimension blocks in order from zero, so the scores do not
