@@ -22,9 +22,11 @@ define ATTNKIT_ALLOW_FAST_MATH to build anyway"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define ATTNKIT_ALWAYS_INLINE inline __attribute__((always_inline))
+#define ATTNKIT_NOINLINE inline __attribute__((noinline))
 #define ATTNKIT_RESTRICT __restrict__
 #else
 #define ATTNKIT_ALWAYS_INLINE inline
+#define ATTNKIT_NOINLINE inline
 #define ATTNKIT_RESTRICT
 #endif
 
