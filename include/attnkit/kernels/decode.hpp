@@ -375,10 +375,25 @@ struct decode_runner {
           kernels::softcap_tile<Arch, NV>(st, ld_s, nk, a.softcap);
       }
       if (!all_full) policy.mask_tile(td, st, ld_s);
+      // Rows read in place: the softmax asks for the V rows that P.V's first prefetches would,
+      // [dist, 2 dist) of the tile, so memory keeps streaming while it runs (Note [Prefetch
+      // ahead] in micro_rows.hpp).
+      kernels::rows_ahead next;
+      const char* next_rows[decode_plan<Arch>::max_ahead];
+      if (!lanes && stream) {
+        const kernels::ahead pf = prefetch_plan(R.plan.dvp * std::int64_t(sizeof(KV)));
+        const std::int64_t n = pf.n - pf.dist < pf.dist ? pf.n - pf.dist : pf.dist;
+        if (n > 0) {
+          const KV* vp[decode_plan<Arch>::max_ahead];
+          vrows.row_ptrs<KV>(tk0 + pf.dist, n, vp);
+          for (std::int64_t i = 0; i < n; ++i) next_rows[i] = reinterpret_cast<const char*>(vp[i]);
+          next.rows = next_rows, next.n = n, next.bytes = pf.bytes;
+        }
+      }
       if (compact)
-        kernels::online_softmax_rows<Arch>(st, nk, rp, m, l, alpha);
+        kernels::online_softmax_rows<Arch>(st, nk, rp, m, l, alpha, next);
       else
-        kernels::online_softmax<Arch, NV>(st, ld_s, nk, m, l, alpha);
+        kernels::online_softmax<Arch, NV>(st, ld_s, nk, m, l, alpha, next);
       // bf16 products: P.V multiplies bf16 weights (the sums l keep fp32 weights, as GPU
       // flash attention does); the native kernel rounds as it packs them.
       if (dot && !dot_native)

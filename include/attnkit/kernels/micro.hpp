@@ -105,14 +105,33 @@ inline void pv_block(float* ot, std::int64_t ld_o, const float* alpha, const flo
   for (; j < v_dim; ++j) pv_tile<Arch, 1, NV>(ot + j * ld_o, ld_o, alpha, p, ld_p, v + j, v_stride, nk);
 }
 
+// Asks for `bytes` from p into L2 (a hint: never faults, reads nothing into registers).
+ATTNKIT_ALWAYS_INLINE void prefetch_l2(const void* p, std::int64_t bytes) noexcept {
+  const char* c = static_cast<const char*>(p);
+  for (std::int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 0, 2);
+}
+
+// Rows to ask for (prefetch_l2) while a step that reads nothing from memory runs: the online
+// softmax between decode's Q.K^T and P.V (Note [Prefetch ahead] in micro_rows.hpp). Spread
+// over the step's iterations, n rows of `bytes` each.
+struct rows_ahead {
+  const char* const* rows = nullptr;
+  std::int64_t n = 0, bytes = 0;
+  /// Iteration i of `of`: its share of the rows, [i n / of, (i + 1) n / of).
+  ATTNKIT_ALWAYS_INLINE void step(std::int64_t i, std::int64_t of) const noexcept {
+    for (std::int64_t r = i * n / of, e = (i + 1) * n / of; r < e; ++r) prefetch_l2(rows[r], bytes);
+  }
+};
+
 // online_softmax: for keys [0, nk) of St (in place, St becomes P):
 //   m_new = max(m, max_k St[k]); base = m_new, or 0 where m_new = -inf (fully masked so far);
 //   alpha = exp(m - base); P = exp(St - base); l = alpha * l + sum_k P; m = m_new.
 // Note [Minus infinity]: with base = 0 for all-masked lanes, exp(-inf - 0) = 0 and no
 // -inf - -inf (NaN) is ever formed; such lanes keep l = 0 and finish as output 0, lse -inf.
+// `next`: rows asked for while it runs.
 template <class Arch, int NV>
-inline void online_softmax(float* st, std::int64_t ld_s, std::int64_t nk, float* m, float* l,
-                           float* alpha) noexcept {
+inline void online_softmax(float* st, std::int64_t ld_s, std::int64_t nk, float* m, float* l, float* alpha,
+                           const rows_ahead& next = {}) noexcept {
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
   const B minus_inf(-std::numeric_limits<float>::infinity());
@@ -138,6 +157,7 @@ inline void online_softmax(float* st, std::int64_t ld_s, std::int64_t nk, float*
     for (int c = 0; c < C; ++c) sum[n][c] = B(0.f);
   std::int64_t kk = 0;
   auto step = [&](std::int64_t key, int c) {
+    next.step(key, nk);
     for (int n = 0; n < NV; ++n) {
       const B p = simd::exp<Arch>(B::load_aligned(st + key * ld_s + n * W) - base[n]);
       p.store_aligned(st + key * ld_s + n * W);
