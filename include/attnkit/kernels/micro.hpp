@@ -112,14 +112,16 @@ ATTNKIT_ALWAYS_INLINE void prefetch_l2(const void* p, std::int64_t bytes) noexce
 }
 
 // Rows to ask for (prefetch_l2) while a step that reads nothing from memory runs: the online
-// softmax between decode's Q.K^T and P.V (Note [Prefetch ahead] in micro_rows.hpp). Spread
-// over the step's iterations, n rows of `bytes` each.
+// softmax between decode's Q.K^T and P.V (Note [Prefetch ahead] in micro_rows.hpp). n rows
+// of `bytes` each, spread evenly over the step's iterations.
 struct rows_ahead {
   const char* const* rows = nullptr;
   std::int64_t n = 0, bytes = 0;
-  /// Iteration i of `of`: its share of the rows, [i n / of, (i + 1) n / of).
-  ATTNKIT_ALWAYS_INLINE void step(std::int64_t i, std::int64_t of) const noexcept {
-    for (std::int64_t r = i * n / of, e = (i + 1) * n / of; r < e; ++r) prefetch_l2(rows[r], bytes);
+  std::int64_t asked = 0, credit = 0;
+  /// Once per iteration of `of`: after iteration i, (i + 1) n / of rows were asked for
+  /// (counted without a division, which would cost more than the prefetch per iteration).
+  ATTNKIT_ALWAYS_INLINE void step(std::int64_t of) noexcept {
+    for (credit += n; credit >= of && asked < n; credit -= of) prefetch_l2(rows[asked++], bytes);
   }
 };
 
@@ -131,7 +133,7 @@ struct rows_ahead {
 // `next`: rows asked for while it runs.
 template <class Arch, int NV>
 inline void online_softmax(float* st, std::int64_t ld_s, std::int64_t nk, float* m, float* l, float* alpha,
-                           const rows_ahead& next = {}) noexcept {
+                           rows_ahead next = {}) noexcept {
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
   const B minus_inf(-std::numeric_limits<float>::infinity());
@@ -157,7 +159,7 @@ inline void online_softmax(float* st, std::int64_t ld_s, std::int64_t nk, float*
     for (int c = 0; c < C; ++c) sum[n][c] = B(0.f);
   std::int64_t kk = 0;
   auto step = [&](std::int64_t key, int c) {
-    next.step(key, nk);
+    next.step(nk);
     for (int n = 0; n < NV; ++n) {
       const B p = simd::exp<Arch>(B::load_aligned(st + key * ld_s + n * W) - base[n]);
       p.store_aligned(st + key * ld_s + n * W);

@@ -370,7 +370,7 @@ inline void softcap_flat(float* st, std::int64_t n, float cap) noexcept {
 // asked for while it runs.
 template <class Arch>
 inline void online_softmax_rows(float* st, std::int64_t nk, int rp, float* m, float* l, float* alpha,
-                                const rows_ahead& next = {}) noexcept {
+                                rows_ahead next = {}) noexcept {
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
   constexpr float minus_inf = -std::numeric_limits<float>::infinity();
@@ -397,7 +397,7 @@ inline void online_softmax_rows(float* st, std::int64_t nk, int rp, float* m, fl
   const B bp = B::load_aligned(pat);
   B sum[2] = {B(0.f), B(0.f)};
   for (v = 0; v < nvec; ++v) {
-    next.step(v, nvec);
+    next.step(nvec);
     const B p = simd::exp<Arch>(B::load_aligned(st + v * W) - bp);
     p.store_aligned(st + v * W);
     sum[v & 1] += p;
