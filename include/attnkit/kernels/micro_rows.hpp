@@ -244,10 +244,11 @@ inline void qk_rows(const float* ATTNKIT_RESTRICT q, std::int64_t ld_q, const KT
 // common case), 16 accumulators in named variables, each column loaded where it is used, in
 // a function of its own. In the array form inside pv_rows_by's loops, g++ 12 keeps some
 // accumulators on the stack (storing and reloading them for every key) and issues a row's
-// loads out of address order; the loads are the bottleneck of fp32 P.V (Zen 4 does one
-// 512-bit load per cycle). Measured on Zen 4, 64Ki keys x 8 KV heads, head dim 128: fp32 P.V
-// in L2 20.3-20.9 -> 14.4-14.7 ns per key and KV head; fp32 decode, two concurrent
-// single-thread copies at high bandwidth, 50.8-51.7 -> 45.3-46.8 ns per key and KV head.
+// loads out of address order, and fp32 P.V is bound by its loads (bf16 rows, with fewer
+// loads and more arithmetic, run faster from L2). Measured on Zen 4, 4 query rows, head dim
+// 128: fp32 P.V over rows in L2 20.3-20.9 -> 14.6-14.8 ns per key; fp32 decode (Q.K^T,
+// softmax, P.V over a 256 MiB stream per copy), two concurrent single-thread copies with
+// the memory at ~55 GB/s, 49.8-49.9 -> 43.8-45.2 ns per key and KV head.
 template <class Arch, class VT, bool Pairs>
 ATTNKIT_NOINLINE void pv_sub_2x8(float* ATTNKIT_RESTRICT r0, std::int64_t ld_acc, bool zero,
                                  const float* ATTNKIT_RESTRICT p, std::int64_t ld_p, const VT* const* v,
