@@ -267,37 +267,20 @@ ATTNKIT_NOINLINE void pv_sub_2x8(float* ATTNKIT_RESTRICT r0, std::int64_t ld_acc
     if (pf && pf[t]) prefetch_l2(reinterpret_cast<const char*>(pf[t]) + pf_from, pf_bytes);
     const VT* x = v[t] + j0;
     const B p0(pt[0]), p1(pt[1]);
+    const auto add = [&p0, &p1](const B& y, B& a, B& b) {
+      a = xsimd::fma(p0, y, a), b = xsimd::fma(p1, y, b);
+    };
     if constexpr (Pairs) {  // Note [bf16 pairs]: one load gives two vectors
       B e, o;
-      simd::load_widen_pairs<Arch>(x, e, o);
-      a0 = xsimd::fma(p0, e, a0), b0 = xsimd::fma(p1, e, b0);
-      a1 = xsimd::fma(p0, o, a1), b1 = xsimd::fma(p1, o, b1);
-      simd::load_widen_pairs<Arch>(x + 2 * W, e, o);
-      a2 = xsimd::fma(p0, e, a2), b2 = xsimd::fma(p1, e, b2);
-      a3 = xsimd::fma(p0, o, a3), b3 = xsimd::fma(p1, o, b3);
-      simd::load_widen_pairs<Arch>(x + 4 * W, e, o);
-      a4 = xsimd::fma(p0, e, a4), b4 = xsimd::fma(p1, e, b4);
-      a5 = xsimd::fma(p0, o, a5), b5 = xsimd::fma(p1, o, b5);
-      simd::load_widen_pairs<Arch>(x + 6 * W, e, o);
-      a6 = xsimd::fma(p0, e, a6), b6 = xsimd::fma(p1, e, b6);
-      a7 = xsimd::fma(p0, o, a7), b7 = xsimd::fma(p1, o, b7);
-    } else {
-      B y = simd::load_widen<Arch>(x);
-      a0 = xsimd::fma(p0, y, a0), b0 = xsimd::fma(p1, y, b0);
-      y = simd::load_widen<Arch>(x + W);
-      a1 = xsimd::fma(p0, y, a1), b1 = xsimd::fma(p1, y, b1);
-      y = simd::load_widen<Arch>(x + 2 * W);
-      a2 = xsimd::fma(p0, y, a2), b2 = xsimd::fma(p1, y, b2);
-      y = simd::load_widen<Arch>(x + 3 * W);
-      a3 = xsimd::fma(p0, y, a3), b3 = xsimd::fma(p1, y, b3);
-      y = simd::load_widen<Arch>(x + 4 * W);
-      a4 = xsimd::fma(p0, y, a4), b4 = xsimd::fma(p1, y, b4);
-      y = simd::load_widen<Arch>(x + 5 * W);
-      a5 = xsimd::fma(p0, y, a5), b5 = xsimd::fma(p1, y, b5);
-      y = simd::load_widen<Arch>(x + 6 * W);
-      a6 = xsimd::fma(p0, y, a6), b6 = xsimd::fma(p1, y, b6);
-      y = simd::load_widen<Arch>(x + 7 * W);
-      a7 = xsimd::fma(p0, y, a7), b7 = xsimd::fma(p1, y, b7);
+      simd::load_widen_pairs<Arch>(x, e, o), add(e, a0, b0), add(o, a1, b1);
+      simd::load_widen_pairs<Arch>(x + 2 * W, e, o), add(e, a2, b2), add(o, a3, b3);
+      simd::load_widen_pairs<Arch>(x + 4 * W, e, o), add(e, a4, b4), add(o, a5, b5);
+      simd::load_widen_pairs<Arch>(x + 6 * W, e, o), add(e, a6, b6), add(o, a7, b7);
+    } else {  // each column loaded where it is used (g++ folds the loads into the FMAs)
+      add(simd::load_widen<Arch>(x), a0, b0), add(simd::load_widen<Arch>(x + W), a1, b1);
+      add(simd::load_widen<Arch>(x + 2 * W), a2, b2), add(simd::load_widen<Arch>(x + 3 * W), a3, b3);
+      add(simd::load_widen<Arch>(x + 4 * W), a4, b4), add(simd::load_widen<Arch>(x + 5 * W), a5, b5);
+      add(simd::load_widen<Arch>(x + 6 * W), a6, b6), add(simd::load_widen<Arch>(x + 7 * W), a7, b7);
     }
   }
   a0.store_aligned(r0), a1.store_aligned(r0 + W), a2.store_aligned(r0 + 2 * W);
