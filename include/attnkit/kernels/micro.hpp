@@ -113,7 +113,11 @@ ATTNKIT_ALWAYS_INLINE void prefetch_l2(const void* p, std::int64_t bytes) noexce
 
 // Rows to ask for (prefetch_l2) while a step that reads nothing from memory runs: the online
 // softmax between decode's Q.K^T and P.V (Note [Prefetch ahead] in micro_rows.hpp). n rows
-// of `bytes` each, spread evenly over the step's iterations.
+// of `bytes` each, spread evenly over the step's iterations. no_rows_ahead: none, at no cost
+// (the flash driver's softmax).
+struct no_rows_ahead {
+  ATTNKIT_ALWAYS_INLINE void step(std::int64_t) noexcept {}
+};
 struct rows_ahead {
   const char* const* rows = nullptr;
   std::int64_t n = 0, bytes = 0;
@@ -131,9 +135,9 @@ struct rows_ahead {
 // Note [Minus infinity]: with base = 0 for all-masked lanes, exp(-inf - 0) = 0 and no
 // -inf - -inf (NaN) is ever formed; such lanes keep l = 0 and finish as output 0, lse -inf.
 // `next`: rows asked for while it runs.
-template <class Arch, int NV>
+template <class Arch, int NV, class Next = no_rows_ahead>
 inline void online_softmax(float* st, std::int64_t ld_s, std::int64_t nk, float* m, float* l, float* alpha,
-                           rows_ahead next = {}) noexcept {
+                           Next next = {}) noexcept {
   using B = simd::vfloat<Arch>;
   constexpr int W = int(B::size);
   const B minus_inf(-std::numeric_limits<float>::infinity());
