@@ -41,8 +41,16 @@ ATTNKIT_ALWAYS_INLINE vfloat<Arch> load_widen(const bf16* p) noexcept {
     return vfloat<Arch>(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
   } else
 #endif
+#if XSIMD_WITH_AVX
+  if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {  // AVX without AVX2: 128-bit integer halves
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), z = _mm_setzero_si128();
+    const __m128 lo = _mm_castsi128_ps(_mm_unpacklo_epi16(z, h));
+    const __m128 hi = _mm_castsi128_ps(_mm_unpackhi_epi16(z, h));
+    return vfloat<Arch>(_mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1));
+  } else
+#endif
   {
-    static_assert(vfloat<Arch>::size == 4, "attnkit: load_widen needs an SSE2, AVX2 or AVX-512 arch");
+    static_assert(vfloat<Arch>::size == 4, "attnkit: load_widen needs an SSE2, AVX or AVX-512 arch");
     // Interleaving zeros below each 16-bit value builds the float's bit pattern directly.
     const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     return vfloat<Arch>(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h)));
@@ -97,8 +105,19 @@ ATTNKIT_ALWAYS_INLINE void load_widen_pairs(const bf16* p, vfloat<Arch>& even, v
     odd = vfloat<Arch>(_mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(-65536))));
   } else
 #endif
+#if XSIMD_WITH_AVX
+  if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {  // AVX without AVX2: 128-bit integer halves
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p) + 1), m = _mm_set1_epi32(-65536);
+    const auto join = [](__m128i a, __m128i b) {
+      return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_castsi128_ps(a)), _mm_castsi128_ps(b), 1);
+    };
+    even = vfloat<Arch>(join(_mm_slli_epi32(lo, 16), _mm_slli_epi32(hi, 16)));
+    odd = vfloat<Arch>(join(_mm_and_si128(lo, m), _mm_and_si128(hi, m)));
+  } else
+#endif
   {
-    static_assert(vfloat<Arch>::size == 4, "attnkit: load_widen_pairs needs an SSE2, AVX2 or AVX-512 arch");
+    static_assert(vfloat<Arch>::size == 4, "attnkit: load_widen_pairs needs an SSE2, AVX or AVX-512 arch");
     const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     even = vfloat<Arch>(_mm_castsi128_ps(_mm_slli_epi32(x, 16)));
     odd = vfloat<Arch>(_mm_castsi128_ps(_mm_and_si128(x, _mm_set1_epi32(-65536))));
