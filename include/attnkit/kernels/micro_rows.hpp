@@ -35,7 +35,9 @@
 // threads, interleaved runs): contiguous fp32 ~0.77 -> ~0.82 x the streaming sum at 33-36
 // GB/s, 14.5 vs 16-17 ms at 55 GB/s; vLLM-layout pages of 16, 0.50 x contiguous without,
 // 0.67 at 2 tokens ahead, 0.9 at 16; head-major pages of 16, 0.5 -> 0.9. 4, 16 and 32 KiB
-// measured no better than 8. Into L1 (prefetcht0, prefetchnta) it was slower than no
+// measured no better than 8 with slow memory; with fast memory (~55 GB/s) 16 KiB took fp32
+// from 12.9-13.3 to 12.3-12.4 ms, but it costs as much when the memory is slow (16.8 ->
+// 17.4-18.2 ms at 33 GB/s), so 8 KiB stays. Into L1 (prefetcht0, prefetchnta) it was slower than no
 // prefetch: the core has few outstanding-miss slots for L1 and drops what does not fit.
 // For the same reason the prefetches are spread evenly over the work: P.V passes over each
 // sub-tile once per group of rows, and each group asks for its share of every row's cache
