@@ -170,6 +170,25 @@ void bm_stream(benchmark::State& state, int threads) {
   state.SetLabel("vectorised sum over the fp32 K and V buffers (512 MiB)");
 }
 
+/// The streaming sum over the page pools in a page table's order (pages of `page_size`
+/// tokens, each page's rows of every KV head contiguous, as paged16 and paged128 read them):
+/// what the page order costs the memory itself, next to what it costs attention_paged.
+void bm_stream_paged(benchmark::State& state, std::int64_t page_size, int threads) {
+  const cache_data& d = data();
+  const auto& table = page_size == 16 ? d.table16 : d.table128;
+  const std::int64_t pages = std::int64_t(table.size()), page = page_size * hkv * dim;
+  float sink = 0.f;
+  for (auto _ : state) {
+    sink += stream_sum_blocks(d.kp.data(), table.data(), pages, page, threads);
+    sink += stream_sum_blocks(d.vp.data(), table.data(), pages, page, threads);
+    benchmark::DoNotOptimize(sink);
+  }
+  const double bytes = 2.0 * double(pages * page) * sizeof(float);
+  state.counters["GBps"] = benchmark::Counter(bytes / 1e9 * double(state.iterations()), benchmark::Counter::kIsRate);
+  state.SetLabel("the same sum over the page pools in page-table order, pages of " + std::to_string(page_size) +
+                 " tokens (" + std::to_string(page * sizeof(float) / 1024) + " KiB)");
+}
+
 using view = attnkit::tensor_view<const float>;
 
 /// The Eigen baseline: per KV head, the group's 4 query rows as one GEMM against K, a
@@ -352,7 +371,8 @@ void describe_summary(suite& su, const config& cfg) {
       "batch 1, 32 query heads, 8 KV heads, head_dim 128, KV length 65536 (512 MiB of fp32 K/V). Time is the"
       " median over repetitions (real time), repetitions randomly interleaved. GB/s: bytes of K/V the call must"
       " read (fp32 4 bytes, bf16/fp16 2; the window case only the window) per second. BM_stream/sum: vectorised sum"
-      " over the same fp32 K and V buffers, same threads: the machine's read bandwidth. max err: max |output - double"
+      " over the same fp32 K and V buffers, same threads: the machine's read bandwidth; BM_stream/paged16 and /paged128:"
+      " the same sum over the page pools in page-table order (pages of 64 and 512 KiB). max err: max |output - double"
       " reference| over every query row (bf16/fp16 against the reference on the same rounded values).";
   su.columns.push_back(gbps_column());
   su.columns.push_back({"x stream GB/s", [](const std::string&, const entry& e, const results& r) {
@@ -388,6 +408,15 @@ void describe_summary(suite& su, const config& cfg) {
                  "within 10%");
     acc.at_least("paged (page 128) tokens/s / contiguous", base > 0 ? speed("BM_decode/paged128") / base : 0.0, 0.9,
                  "within 10%");
+    // What the page order costs the memory itself: the streaming sum over the pools in
+    // page-table order against the sum in order (informational).
+    for (const char* ps : {"16", "128"}) {
+      const entry* sp = r.ok(std::string("BM_stream/paged") + ps);
+      const double g = sp ? sp->counter("GBps") : 0.0;
+      acc.line(std::string("streaming sum in page-") + ps + " order / in order: " +
+               (g > 0 && stream > 0 ? fmt("%.3f", g / stream) : std::string("n/a")) +
+               " (informational: what the page order costs a plain reader)");
+    }
   });
 }
 
@@ -399,6 +428,11 @@ void define_suite(const config& cfg, suite& su) {
   su.repetitions = 7;
   const double min_time = cfg.quick ? 0.05 : 0.3;
   su.add("BM_stream/sum", bm_stream, cfg.threads)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(min_time);
+  for (const std::int64_t ps : {16, 128})
+    su.add("BM_stream/paged" + std::to_string(ps), bm_stream_paged, ps, cfg.threads)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond)
+        ->MinTime(min_time);
   for (const char* name : {"BM_decode/fp32", "BM_decode/bf16", "BM_decode/bf16_dot", "BM_decode/fp16", "BM_decode/paged16",
                            "BM_decode/paged128", "BM_decode/paged16_hnd", "BM_decode/paged128_hnd", "BM_decode/spec4", "BM_decode/window4096", "BM_eigen/decode"})
     su.add(name, bm_case, *case_of(name), cfg.threads)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(min_time);
