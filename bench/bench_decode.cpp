@@ -172,7 +172,8 @@ void bm_stream(benchmark::State& state, int threads) {
 
 /// The streaming sum over the page pools in a page table's order (pages of `page_size`
 /// tokens, each page's rows of every KV head contiguous, as paged16 and paged128 read them):
-/// what the page order costs the memory itself, next to what it costs attention_paged.
+/// what the page order costs a plain reader (no software prefetch), next to what it costs
+/// attention_paged.
 void bm_stream_paged(benchmark::State& state, std::int64_t page_size, int threads) {
   const cache_data& d = data();
   const auto& table = page_size == 16 ? d.table16 : d.table128;
@@ -408,7 +409,7 @@ void describe_summary(suite& su, const config& cfg) {
                  "within 10%");
     acc.at_least("paged (page 128) tokens/s / contiguous", base > 0 ? speed("BM_decode/paged128") / base : 0.0, 0.9,
                  "within 10%");
-    // What the page order costs the memory itself: the streaming sum over the pools in
+    // What the page order costs a plain reader: the streaming sum over the pools in
     // page-table order against the sum in order (informational).
     for (const char* ps : {"16", "128"}) {
       const entry* sp = r.ok(std::string("BM_stream/paged") + ps);
