@@ -36,7 +36,7 @@ inline void time_gemm_eigen(benchmark::State& state, int n, int threads) {
 /// Sum of `blocks` blocks of `block` floats, block i at x + order[i] * block (at x + i * block
 /// when `order` is null), on `threads` threads, each taking an equal run of the blocks in
 /// that order, 8 vector accumulators each. In order, the read bandwidth of the memory;
-/// in a page table's order, what reading in pages costs the memory itself. x aligned for
+/// in a page table's order, what reading in pages costs a plain reader. x aligned for
 /// xsimd's batch<float>, block a multiple of 8 batches (the remainder is not read).
 inline float stream_sum_blocks(const float* x, const std::int32_t* order, std::int64_t blocks, std::int64_t block,
                                int threads) {

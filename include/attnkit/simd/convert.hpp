@@ -26,6 +26,14 @@ ATTNKIT_ALWAYS_INLINE vfloat<Arch> load_widen(const float* p) noexcept {
   return vfloat<Arch>::load_unaligned(p);
 }
 
+#if XSIMD_WITH_AVX
+// AVX without AVX2 has no 256-bit integer shifts or unpacks: the bf16 loads below widen two
+// 128-bit integer halves and join them into one fp32 register.
+ATTNKIT_ALWAYS_INLINE __m256 join_halves(__m128i lo, __m128i hi) noexcept {
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_castsi128_ps(lo)), _mm_castsi128_ps(hi), 1);
+}
+#endif
+
 template <class Arch>
 ATTNKIT_ALWAYS_INLINE vfloat<Arch> load_widen(const bf16* p) noexcept {
 #if XSIMD_WITH_AVX512F
@@ -42,11 +50,9 @@ ATTNKIT_ALWAYS_INLINE vfloat<Arch> load_widen(const bf16* p) noexcept {
   } else
 #endif
 #if XSIMD_WITH_AVX
-  if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {  // AVX without AVX2: 128-bit integer halves
+  if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {  // AVX without AVX2 (join_halves)
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), z = _mm_setzero_si128();
-    const __m128 lo = _mm_castsi128_ps(_mm_unpacklo_epi16(z, h));
-    const __m128 hi = _mm_castsi128_ps(_mm_unpackhi_epi16(z, h));
-    return vfloat<Arch>(_mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1));
+    return vfloat<Arch>(join_halves(_mm_unpacklo_epi16(z, h), _mm_unpackhi_epi16(z, h)));
   } else
 #endif
   {
@@ -106,14 +112,11 @@ ATTNKIT_ALWAYS_INLINE void load_widen_pairs(const bf16* p, vfloat<Arch>& even, v
   } else
 #endif
 #if XSIMD_WITH_AVX
-  if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {  // AVX without AVX2: 128-bit integer halves
+  if constexpr (std::is_base_of<xsimd::avx, Arch>::value) {  // AVX without AVX2 (join_halves)
     const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p) + 1), m = _mm_set1_epi32(-65536);
-    const auto join = [](__m128i a, __m128i b) {
-      return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_castsi128_ps(a)), _mm_castsi128_ps(b), 1);
-    };
-    even = vfloat<Arch>(join(_mm_slli_epi32(lo, 16), _mm_slli_epi32(hi, 16)));
-    odd = vfloat<Arch>(join(_mm_and_si128(lo, m), _mm_and_si128(hi, m)));
+    even = vfloat<Arch>(join_halves(_mm_slli_epi32(lo, 16), _mm_slli_epi32(hi, 16)));
+    odd = vfloat<Arch>(join_halves(_mm_and_si128(lo, m), _mm_and_si128(hi, m)));
   } else
 #endif
   {
