@@ -936,7 +936,7 @@ TEST_CASE("decode: bf16_dot (Q and P rounded to bf16) against the reference", "[
   ATTNKIT_TEST_FOR_EACH_ISA();
   int i = 0;
   for (index_t d : {17, 64, 128})
-    for (index_t ratio : {1, 4, 6, 8})
+    for (index_t ratio : {1, 2, 4, 6, 8})
       for (index_t lq : {1, 3, 16}) {
         const index_t lk = i % 3 == 0 ? 1 : i % 3 == 1 ? 257 : 700;
         sparse_case c = make_case(2, 2 * ratio, 2, lq, std::max(lk, lq), d, std::uint32_t(1500 + i), i);

@@ -5,10 +5,12 @@
 // Note [bf16 products]: widening bf16 K/V to fp32 (micro_rows.hpp) keeps every product
 // exact but costs the arithmetic of an fp32 cache: 64 zmm FMAs per key and KV head for 4
 // query heads of dim 128; vdpbf16ps does the same key in 16 instructions for Q.K^T and 16
-// for P.V. Measured on Zen 4 (4 query rows, d 128, rows in L2, one core): Q.K^T 12 -> 9 ns
-// per key and head, P.V 14 -> 10.5; but a whole decode step (65536 keys, 8 KV heads, 2
-// threads, memory at 35-59 GB/s) 9.3-9.8 ms against 9.1-9.7 for the widening kernels since
-// they keep their loads in registers (Note [Loads kept in registers] in simd/simd.hpp).
+// for P.V. Measured on Zen 4 (4 query rows, d 128, rows in L2, one core): Q.K^T, softmax
+// and P.V take 14.7-14.8 ns per key and KV head against 22-29 for the widening kernels; but
+// from memory both read the cache at the same speed: a whole decode step (65536 keys, 8 KV
+// heads, 2 threads, interleaved runs) 7.9-8.9 ms against 8.1-8.9. P.V packs its weights
+// with vcvtne2ps2bf16 and reads whole V rows per pass (pv_rows_bf16); a scalar packing and
+// passes over half rows took it to 9.3-9.9 ms.
 // The rounding is the one GPU flash-attention kernels and ggml make for 16-bit caches: Q
 // and P carry 8 significant bits, products are exact in fp32, sums are fp32. Where the CPU
 // has no AVX-512 BF16 (or the head dims are not multiples of 32) the decode driver rounds Q
@@ -100,16 +102,23 @@ ATTNKIT_TARGET_BF16 void qk_rows_bf16(const std::uint16_t* ATTNKIT_RESTRICT q, s
 // One P.V sub-tile for RG rows and CC column chunks of 32 from chunk c0: acc (permuted
 // layout, rows ld_acc apart; from zero when `zero`) += sum over the key pairs of the
 // sub-tile. pp[i * ld_pp + r]: the bf16 weights of row r for keys 2i (low half) and 2i + 1;
-// vr[2i], vr[2i + 1]: the pair's V rows (the second may be null: a lone last key).
+// vr[2i], vr[2i + 1]: the pair's V rows (the second may be null: a lone last key); pf[2i],
+// pf[2i + 1] (when pf is not null): rows whose bytes [pf_from, pf_from + pf_bytes) are
+// asked for as the pair is read, each may be null.
 template <int RG, int CC>
 ATTNKIT_TARGET_BF16 ATTNKIT_ALWAYS_INLINE void pv_pairs_acc(float* ATTNKIT_RESTRICT acc, std::int64_t ld_acc, bool zero,
                                                            const std::uint32_t* pp, int ld_pp, const bf16* const* vr,
-                                                           int pairs, std::int64_t c0) noexcept {
+                                                           int pairs, std::int64_t c0, const bf16* const* pf,
+                                                           std::int64_t pf_from, std::int64_t pf_bytes) noexcept {
   __m512 s[RG][2 * CC];
   for (int r = 0; r < RG; ++r)
     for (int x = 0; x < 2 * CC; ++x)
       s[r][x] = zero ? _mm512_setzero_ps() : _mm512_load_ps(acc + r * ld_acc + (c0 * 2 + x) * 16);
   for (int i = 0; i < pairs; ++i) {
+    if (pf) {
+      if (pf[2 * i]) prefetch_l2(reinterpret_cast<const char*>(pf[2 * i]) + pf_from, pf_bytes);
+      if (pf[2 * i + 1]) prefetch_l2(reinterpret_cast<const char*>(pf[2 * i + 1]) + pf_from, pf_bytes);
+    }
     __m512i lo[CC], hi[CC];
     for (int c = 0; c < CC; ++c) {
       const __m512i a = _mm512_loadu_si512(vr[2 * i] + (c0 + c) * 32);
@@ -129,17 +138,29 @@ ATTNKIT_TARGET_BF16 ATTNKIT_ALWAYS_INLINE void pv_pairs_acc(float* ATTNKIT_RESTR
     for (int x = 0; x < 2 * CC; ++x) _mm512_store_ps(acc + r * ld_acc + (c0 * 2 + x) * 16, s[r][x]);
 }
 
-// pv_pairs_acc for a group of rg (1 to 4) rows.
+// pv_pairs_acc for a group of rg (1 or 2) rows.
 template <int CC>
 ATTNKIT_TARGET_BF16 ATTNKIT_ALWAYS_INLINE void pv_pairs_group(int rg, float* ATTNKIT_RESTRICT acc, std::int64_t ld_acc,
                                                              bool zero, const std::uint32_t* pp, int ld_pp,
-                                                             const bf16* const* vr, int pairs, std::int64_t c0) noexcept {
-  switch (rg) {
-    case 1: pv_pairs_acc<1, CC>(acc, ld_acc, zero, pp, ld_pp, vr, pairs, c0); break;
-    case 2: pv_pairs_acc<2, CC>(acc, ld_acc, zero, pp, ld_pp, vr, pairs, c0); break;
-    case 3: pv_pairs_acc<3, CC>(acc, ld_acc, zero, pp, ld_pp, vr, pairs, c0); break;
-    default: pv_pairs_acc<4, CC>(acc, ld_acc, zero, pp, ld_pp, vr, pairs, c0); break;
+                                                             const bf16* const* vr, int pairs, std::int64_t c0,
+                                                             const bf16* const* pf, std::int64_t pf_from,
+                                                             std::int64_t pf_bytes) noexcept {
+  if (rg == 1)
+    pv_pairs_acc<1, CC>(acc, ld_acc, zero, pp, ld_pp, vr, pairs, c0, pf, pf_from, pf_bytes);
+  else
+    pv_pairs_acc<2, CC>(acc, ld_acc, zero, pp, ld_pp, vr, pairs, c0, pf, pf_from, pf_bytes);
+}
+
+// Word permutation of 32 weights [key][row] (rows of 1, 2 or 4 lanes) that puts the two
+// weights of a key pair for the same row side by side (one dword per pair and row).
+ATTNKIT_TARGET_BF16 inline __m512i pair_perm(int rows) noexcept {
+  alignas(64) std::int16_t idx[32];
+  for (int j = 0; j < 16; ++j) {
+    const int pair = j / rows, r = j % rows;
+    idx[2 * j] = std::int16_t(2 * pair * rows + r);
+    idx[2 * j + 1] = std::int16_t((2 * pair + 1) * rows + r);
   }
+  return _mm512_load_si512(idx);
 }
 
 // pv_rows_bf16: pv_rows (micro_rows.hpp) with the weights rounded to bf16 and vdpbf16ps:
@@ -151,21 +172,39 @@ ATTNKIT_TARGET_BF16 void pv_rows_bf16(float* ATTNKIT_RESTRICT o, std::int64_t ld
                                       std::int64_t dvp, std::int64_t nk, int rows, float* ATTNKIT_RESTRICT acc,
                                       const heads& hs, const ahead& pf) noexcept {
   if (nk <= 0) return;
-  constexpr int RG = 4, CC = 2;  // 16 sums, 4 loaded and 4 interleaved chunks in registers
+  // Groups of 2 rows over 4 column chunks (128 columns): 16 sums, 4 chunks of each key of
+  // the pair and their 8 interleavings in registers, and each pass reads whole rows, in
+  // order (Note [Rows read once, in order] in micro_rows.hpp). 4 rows over 2 chunks read
+  // the first half of every row of the sub-tile, then the second: measured on Zen 4
+  // (decode, 2 threads, interleaved runs) 8.9-11.1 ms against 7.9-9.0.
+  constexpr int RG = 2, CC = 4;
   const std::int64_t chunks = dvp / 32;
   constexpr std::int64_t sub = pv_sub<bf16>;
   std::uint32_t pp[sub / 2 * bf16_max_rows];
-  const bf16* vh[sub];
+  const bf16* vh[sub + 1];
+  const bf16* pfv[sub + 1];
   for (std::int64_t t0 = 0; t0 < nk; t0 += sub) {
     const int n = int(nk - t0 < sub ? nk - t0 : sub), pairs = (n + 1) / 2;
     for (int h = 0; h < hs.n; ++h) {
       for (int t = 0; t < n; ++t) {
         vh[t] = v[t0 + t] + h * hs.kv;
-        if (t0 + t + pf.dist < pf.n) prefetch_l2(v[t0 + t + pf.dist] + h * hs.kv, pf.bytes);
+        pfv[t] = pf.bytes > 0 && t0 + t + pf.dist < pf.n ? v[t0 + t + pf.dist] + h * hs.kv : nullptr;
       }
-      if (n & 1) vh[n] = nullptr;
+      if (n & 1) vh[n] = nullptr, pfv[n] = nullptr;
       const float* ph = p + h * hs.ws + t0 * ld_p;
-      for (int i = 0; i < pairs; ++i)
+      int i = 0;
+      if (ld_p == rows && (rows == 1 || rows == 2 || rows == 4)) {
+        // 32 weights (16 / rows pairs of keys) at a time: rounded by vcvtne2ps2bf16 (to
+        // nearest even, as bf16_round_bits; subnormals become zero, which vdpbf16ps makes
+        // of them anyway), then each pair's two weights of a row side by side.
+        const __m512i perm = pair_perm(rows);
+        for (; 2 * (i + 16 / rows) <= n; i += 16 / rows) {
+          const float* x = ph + 2 * i * ld_p;
+          const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
+          _mm512_storeu_si512(pp + i * rows, _mm512_permutexvar_epi16(perm, w));
+        }
+      }
+      for (; i < pairs; ++i)
         for (int r = 0; r < rows; ++r) {
           const std::uint32_t b = 2 * i + 1 < n ? bf16_round_bits(ph[(2 * i + 1) * ld_p + r]) : 0u;
           pp[i * rows + r] = bf16_round_bits(ph[2 * i * ld_p + r]) | (b << 16);
@@ -175,9 +214,20 @@ ATTNKIT_TARGET_BF16 void pv_rows_bf16(float* ATTNKIT_RESTRICT o, std::int64_t ld
         const int rg = rows - r0 < RG ? rows - r0 : RG;
         float* ar = ah + r0 * dvp;
         const std::uint32_t* pr = pp + r0;
+        // Each group of rows prefetches its share of the rows' cache lines (Note [Prefetch
+        // ahead] in micro_rows.hpp), spread over its first pass.
+        const std::int64_t lines = (pf.bytes + 63) / 64, ng = (rows + RG - 1) / RG, gi = r0 / RG;
+        const std::int64_t from = lines * gi / ng * 64, to = lines * (gi + 1) / ng * 64;
+        const bf16* const* pfr = to > from ? pfv : nullptr;
+        // Whole rows of 4, 2 or 1 chunks at a time (head dims 128, 64, 32), longer ones in
+        // blocks of 4 chunks.
         std::int64_t c = 0;
-        for (; c + CC <= chunks; c += CC) pv_pairs_group<CC>(rg, ar, dvp, t0 == 0, pr, rows, vh, pairs, c);
-        for (; c < chunks; ++c) pv_pairs_group<1>(rg, ar, dvp, t0 == 0, pr, rows, vh, pairs, c);
+        for (; c + CC <= chunks; c += CC)
+          pv_pairs_group<CC>(rg, ar, dvp, t0 == 0, pr, rows, vh, pairs, c, c == 0 ? pfr : nullptr, from, to - from);
+        for (; c + 2 <= chunks; c += 2)
+          pv_pairs_group<2>(rg, ar, dvp, t0 == 0, pr, rows, vh, pairs, c, c == 0 ? pfr : nullptr, from, to - from);
+        for (; c < chunks; ++c)
+          pv_pairs_group<1>(rg, ar, dvp, t0 == 0, pr, rows, vh, pairs, c, c == 0 ? pfr : nullptr, from, to - from);
       }
     }
   }
