@@ -181,8 +181,8 @@ ATTNKIT_TARGET_BF16 void pv_rows_bf16(float* ATTNKIT_RESTRICT o, std::int64_t ld
   const std::int64_t chunks = dvp / 32;
   constexpr std::int64_t sub = pv_sub<bf16>;
   std::uint32_t pp[sub / 2 * bf16_max_rows];
-  const bf16* vh[sub + 1];
-  const bf16* pfv[sub + 1];
+  const bf16* vh[sub];
+  const bf16* pfv[sub];
   for (std::int64_t t0 = 0; t0 < nk; t0 += sub) {
     const int n = int(nk - t0 < sub ? nk - t0 : sub), pairs = (n + 1) / 2;
     for (int h = 0; h < hs.n; ++h) {
