@@ -183,6 +183,11 @@ ATTNKIT_TARGET_BF16 void pv_rows_bf16(float* ATTNKIT_RESTRICT o, std::int64_t ld
   std::uint32_t pp[sub / 2 * bf16_max_rows];
   const bf16* vh[sub];
   const bf16* pfv[sub];
+  // 32 weights (16 / rows pairs of keys) at a time: rounded by vcvtne2ps2bf16 (to nearest
+  // even, as bf16_round_bits; subnormals become zero, which vdpbf16ps makes of them anyway),
+  // then each pair's two weights of a row side by side. The permutation depends on rows only.
+  const bool vector_pack = ld_p == rows && (rows == 1 || rows == 2 || rows == 4);
+  const __m512i perm = vector_pack ? pair_perm(rows) : _mm512_setzero_si512();
   for (std::int64_t t0 = 0; t0 < nk; t0 += sub) {
     const int n = int(nk - t0 < sub ? nk - t0 : sub), pairs = (n + 1) / 2;
     for (int h = 0; h < hs.n; ++h) {
@@ -193,11 +198,7 @@ ATTNKIT_TARGET_BF16 void pv_rows_bf16(float* ATTNKIT_RESTRICT o, std::int64_t ld
       if (n & 1) vh[n] = nullptr, pfv[n] = nullptr;
       const float* ph = p + h * hs.ws + t0 * ld_p;
       int i = 0;
-      if (ld_p == rows && (rows == 1 || rows == 2 || rows == 4)) {
-        // 32 weights (16 / rows pairs of keys) at a time: rounded by vcvtne2ps2bf16 (to
-        // nearest even, as bf16_round_bits; subnormals become zero, which vdpbf16ps makes
-        // of them anyway), then each pair's two weights of a row side by side.
-        const __m512i perm = pair_perm(rows);
+      if (vector_pack) {
         for (; 2 * (i + 16 / rows) <= n; i += 16 / rows) {
           const float* x = ph + 2 * i * ld_p;
           const __m512i w = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
