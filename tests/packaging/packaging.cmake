@@ -62,9 +62,13 @@ foreach(_tool ATTNKIT_BASH ATTNKIT_GNU_NM ATTNKIT_CXXFILT ATTNKIT_OBJDUMP)
   endif()
 endforeach()
 
-# Runtime dispatch into an OBJECT library, so the per-ISA objects have known paths. Its own
-# sources get -march=native: the helper's per-ISA flags must override the consumer's.
+# Neither ODR program is built in sanitizer builds: what they check (which symbols each
+# ISA's object defines) does not depend on the sanitizers, and the Release builds check it;
+# the runtime-dispatch objects are -O2 whatever the build type, and under ASan+UBSan the
+# static program's three objects take 45 s to compile (Zen 4).
 if(NOT _attnkit_pkg_sanitized)
+  # Runtime dispatch into an OBJECT library, so the per-ISA objects have known paths. Its
+  # own sources get -march=native: the helper's per-ISA flags must override the consumer's.
   add_library(attnkit_pkg_odr_rd OBJECT "${_attnkit_pkg_dir}/consumer/rd_main.cpp")
   target_include_directories(attnkit_pkg_odr_rd PRIVATE "${_attnkit_pkg_dir}/common")
   target_link_libraries(attnkit_pkg_odr_rd PUBLIC attnkit::attnkit)
@@ -77,12 +81,8 @@ if(NOT _attnkit_pkg_sanitized)
   target_link_libraries(attnkit_pkg_odr_rd_app PRIVATE attnkit_pkg_odr_rd)
   add_test(NAME packaging.odr_rd_run COMMAND attnkit_pkg_odr_rd_app)
   set_tests_properties(packaging.odr_rd_run PROPERTIES LABELS packaging)
-endif()
 
-# Static mode: one TU at the baseline, one with -mavx2 -mfma. Not in sanitizer builds: what
-# it checks (which symbols each ISA's object defines) does not depend on them, the Release
-# builds check it, and under ASan+UBSan its three objects take 45 s to compile (Zen 4).
-if(NOT _attnkit_pkg_sanitized)
+  # Static mode: one TU at the baseline, one with -mavx2 -mfma.
   add_library(attnkit_pkg_static_objs OBJECT
     "${_attnkit_pkg_dir}/odr/static_main.cpp"
     "${_attnkit_pkg_dir}/odr/static_tu_sse2.cpp"
